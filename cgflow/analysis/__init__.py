@@ -1,0 +1,1 @@
+"""Analysis of sampled data: free-energy surfaces, their errors, comparison with references, and plots."""

@@ -1,0 +1,275 @@
+"""Free-energy surfaces from (weighted) samples of collective variables.
+
+A surface is a histogram estimate F = -kT ln(p_bin / bin_volume) on a regular grid, with
+block-bootstrap standard errors. Bins where no sample fell stay NaN: a made-up number there
+would look like data. Weights let biased runs (w ∝ exp(+V/kT)) be reweighted to the unbiased
+ensemble. :func:`compare_to_reference` scores a surface against a known one without letting a
+run that never left one well look perfect: unvisited bins count at the estimator's detection
+limit instead of being dropped.
+
+Surfaces travel as ``fes.csv`` (one row per bin, C order, empty field for NaN), written by
+:func:`write_fes_csv` and read back, e.g. as a reference, by :func:`read_fes_csv`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from cgflow.io import atomic_path
+
+MIN_BLOCKS = 8
+"""Fewer independent blocks than this are split into contiguous sub-blocks for the bootstrap."""
+
+
+@dataclass(frozen=True, eq=False)
+class FES:
+    """A free-energy surface on a regular grid of bins, kJ/mol, shifted to zero at its minimum.
+
+    ``counts``, ``n_eff`` and ``F_detect`` are known only for a surface estimated from samples;
+    one read from a file has them as None.
+    """
+
+    edges: tuple[np.ndarray, ...]
+    """One array of bin edges per CV."""
+    F: np.ndarray
+    """Shape = bins per CV; NaN where no sample (of positive weight) fell."""
+    F_err: np.ndarray
+    """Block-bootstrap standard error; NaN where F is NaN or too few replicas reached the bin."""
+    counts: np.ndarray | None = None
+    """Raw sample counts per bin."""
+    n_eff: float | None = None
+    """Kish effective sample size of the weights, (Σw)² / Σw²; the sample count for uniform weights."""
+    F_detect: np.ndarray | None = None
+    """Detection limit on F's scale: the F at which one effective sample would be expected in a bin."""
+
+    @property
+    def centers(self) -> tuple[np.ndarray, ...]:
+        return tuple(0.5 * (e[1:] + e[:-1]) for e in self.edges)
+
+
+def histogram_fes(
+    cv: np.ndarray,
+    edges,
+    kT: float,
+    weights: np.ndarray | None = None,
+    blocks: np.ndarray | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> FES:
+    """Estimate a free-energy surface from samples ``cv`` (n, d) binned on ``edges``.
+
+    Samples outside the edges (or NaN) are ignored; the last bin includes its right edge,
+    as in :func:`numpy.histogram`. Periodic CVs need only edges spanning the period.
+
+    ``weights`` (n,) are non-negative (None: uniform). ``blocks`` (n,) label statistically
+    independent blocks of samples, normally the walker index (None: one block). Errors are the
+    standard deviation of -kT ln(p/vol) over ``n_bootstrap`` replicas that resample whole
+    blocks with replacement; there is no per-replica shift, so the minimum bin gets an honest
+    error too, and a replica that leaves a bin empty is skipped for that bin. With fewer than
+    ``MIN_BLOCKS`` distinct blocks, each block's samples, in their given (time) order, are cut
+    into contiguous sub-blocks so that there are at least ``MIN_BLOCKS``: a single walker still
+    gets block-averaging error bars, provided its sub-blocks are longer than its correlation time.
+    """
+    edges = tuple(np.asarray(e, dtype=float) for e in edges)
+    cv = np.asarray(cv, dtype=float)
+    if cv.ndim == 1:
+        cv = cv[:, None]
+    n, d = cv.shape
+    if d != len(edges):
+        raise ValueError(f"cv has {d} columns but {len(edges)} edge arrays were given")
+    for e in edges:
+        if e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0):
+            raise ValueError("each edge array must be 1-D, strictly increasing, with at least 2 entries")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite, non-negative, one per sample")
+    labels = np.zeros(n, dtype=int) if blocks is None else np.asarray(blocks)
+    if labels.shape != (n,):
+        raise ValueError("blocks must give one label per sample")
+    if n_bootstrap < 2:
+        raise ValueError("n_bootstrap must be at least 2")
+
+    flat, inside = _bin_index(cv, edges)
+    w, labels = w[inside], labels[inside]
+    if w.sum() <= 0:
+        raise ValueError("no sample of positive weight falls inside the edges")
+    w = w / w.max()  # F is scale-invariant; this keeps Σw² finite for weights like exp(+V/kT)
+
+    shape = tuple(e.size - 1 for e in edges)
+    n_bins = int(np.prod(shape))
+    vol = _bin_volume(edges).ravel()
+    mass = np.bincount(flat, weights=w, minlength=n_bins)
+    F_raw = _free_energy(mass / mass.sum(), vol, kT)
+    offset = np.nanmin(F_raw)
+    n_eff = float(w.sum() ** 2 / np.sum(w**2))
+
+    F_err = _bootstrap_error(flat, w, _sub_blocks(labels), vol, kT, n_bootstrap, seed)
+    return FES(
+        edges=edges,
+        F=(F_raw - offset).reshape(shape),
+        F_err=F_err.reshape(shape),
+        counts=np.bincount(flat, minlength=n_bins).reshape(shape),
+        n_eff=n_eff,
+        F_detect=(kT * np.log(n_eff * vol) - offset).reshape(shape),
+    )
+
+
+def _bin_index(cv: np.ndarray, edges: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat C-order bin index of the samples inside the grid, and the mask of those samples."""
+    per_dim = []
+    inside = np.ones(len(cv), dtype=bool)
+    for x, e in zip(cv.T, edges):
+        i = np.searchsorted(e, x, side="right") - 1
+        i[x == e[-1]] = e.size - 2
+        inside &= (i >= 0) & (i < e.size - 1)
+        per_dim.append(i)
+    shape = tuple(e.size - 1 for e in edges)
+    return np.ravel_multi_index(tuple(i[inside] for i in per_dim), shape), inside
+
+
+def _bin_volume(edges: tuple[np.ndarray, ...]) -> np.ndarray:
+    vol = np.ones(())
+    for e in edges:
+        vol = np.multiply.outer(vol, np.diff(e))
+    return vol
+
+
+def _free_energy(p: np.ndarray, vol: np.ndarray, kT: float) -> np.ndarray:
+    """-kT ln(p / vol), NaN where p is zero."""
+    log_density = np.log(p / vol, out=np.full(np.shape(p), np.nan), where=p > 0)
+    return -kT * log_density
+
+
+def _sub_blocks(labels: np.ndarray) -> np.ndarray:
+    """Block codes 0..B-1, with blocks split into contiguous pieces when there are fewer than MIN_BLOCKS."""
+    uniq, codes = np.unique(labels, return_inverse=True)
+    if uniq.size >= MIN_BLOCKS:
+        return codes
+    pieces = -(-MIN_BLOCKS // uniq.size)
+    split = np.empty_like(codes)
+    for b in range(uniq.size):
+        for k, idx in enumerate(np.array_split(np.flatnonzero(codes == b), pieces)):
+            split[idx] = b * pieces + k
+    return np.unique(split, return_inverse=True)[1]
+
+
+def _bootstrap_error(
+    flat: np.ndarray, w: np.ndarray, codes: np.ndarray, vol: np.ndarray, kT: float, n_bootstrap: int, seed: int
+) -> np.ndarray:
+    n_blocks, n_bins = codes.max() + 1, vol.size
+    block_mass = np.bincount(codes * n_bins + flat, weights=w, minlength=n_blocks * n_bins).reshape(n_blocks, n_bins)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(n_blocks, size=(n_bootstrap, n_blocks)) + n_blocks * np.arange(n_bootstrap)[:, None]
+    multiplicity = np.bincount(drawn.ravel(), minlength=n_bootstrap * n_blocks).reshape(n_bootstrap, n_blocks)
+    mass = multiplicity @ block_mass
+    total = mass.sum(axis=1, keepdims=True)
+    p = np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)
+    F = _free_energy(p, vol, kT)
+    ok = np.isfinite(F)
+    n_ok = ok.sum(axis=0)
+    mean = np.where(ok, F, 0.0).sum(axis=0) / np.maximum(n_ok, 1)
+    var = np.where(ok, (F - mean) ** 2, 0.0).sum(axis=0) / np.maximum(n_ok - 1, 1)
+    return np.where(n_ok >= 2, np.sqrt(var), np.nan)
+
+
+def compare_to_reference(fes: FES, reference: FES | np.ndarray, kT: float, cutoff_kT: float = 6.0) -> dict:
+    """Score ``fes`` against a reference surface on the same grid.
+
+    The region is the bins where the reference, shifted to zero at its minimum, is below
+    ``cutoff_kT`` kT. ``fes`` is aligned to the reference by the constant that minimises the
+    RMSE over the region's visited bins (their mean difference). Unvisited region bins are not
+    dropped but counted at ``fes.F_detect``, the F at which one sample would have been expected:
+    this is why the estimate is an :class:`FES` (from :func:`histogram_fes`), not a bare array.
+
+    Returns ``rmse_kT`` (RMSE over the whole region, in kT; NaN when no region bin was
+    visited), ``coverage`` (fraction of region bins visited) and ``n_bins`` (region size).
+    """
+    F_ref = reference.F if isinstance(reference, FES) else np.asarray(reference, dtype=float)
+    if F_ref.shape != fes.F.shape:
+        raise ValueError(f"reference shape {F_ref.shape} differs from the surface's {fes.F.shape}")
+    F_ref = F_ref - np.nanmin(F_ref)
+    region = F_ref < cutoff_kT * kT
+    n_bins = int(region.sum())
+    if n_bins == 0:
+        raise ValueError("the reference has no bin below the cutoff")
+    visited = region & np.isfinite(fes.F)
+    coverage = float(visited.sum() / n_bins)
+    if not visited.any():
+        return {"rmse_kT": float("nan"), "coverage": coverage, "n_bins": n_bins}
+    estimate = fes.F
+    if coverage < 1:
+        if fes.F_detect is None:
+            raise ValueError("the surface has unvisited region bins but no detection limit (was it read from a file?)")
+        estimate = np.where(np.isfinite(fes.F), fes.F, fes.F_detect)
+    shift = np.mean(F_ref[visited] - fes.F[visited])
+    diff = estimate[region] + shift - F_ref[region]
+    return {"rmse_kT": float(np.sqrt(np.mean(diff**2)) / kT), "coverage": coverage, "n_bins": n_bins}
+
+
+def fes_frame(fes: FES, cv_names, reference: FES | np.ndarray | None = None):
+    """One row per bin (C order): bin centres under the CV names, ``F_kJmol``, ``F_err_kJmol``,
+    and ``F_ref_kJmol`` when a reference (zero-shifted, same shape) is given. NaN stays NaN."""
+    import pandas as pd
+
+    cv_names = list(cv_names)
+    if len(cv_names) != fes.F.ndim:
+        raise ValueError(f"{len(cv_names)} CV names for a {fes.F.ndim}-D surface")
+    grid = np.meshgrid(*fes.centers, indexing="ij")
+    data = {name: g.ravel() for name, g in zip(cv_names, grid)}
+    data["F_kJmol"] = fes.F.ravel()
+    data["F_err_kJmol"] = fes.F_err.ravel()
+    if reference is not None:
+        F_ref = reference.F if isinstance(reference, FES) else np.asarray(reference, dtype=float)
+        if F_ref.shape != fes.F.shape:
+            raise ValueError(f"reference shape {F_ref.shape} differs from the surface's {fes.F.shape}")
+        data["F_ref_kJmol"] = F_ref.ravel()
+    return pd.DataFrame(data)
+
+
+def write_fes_csv(frame, path: str | os.PathLike) -> None:
+    """Write a :func:`fes_frame` atomically; NaN becomes an empty field."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def fes_from_frame(frame, cv_names, column: str = "F_kJmol") -> FES:
+    """Rebuild a surface from a frame of bin centres on a full regular grid (any row order).
+
+    ``column`` picks the F to read (e.g. ``F_ref_kJmol``); it is shifted to zero at its minimum.
+    Edges are rebuilt from the centres, which must be evenly spaced. ``F_err_kJmol`` is read
+    when present (else NaN); counts, n_eff and F_detect are unknown (None).
+    """
+    cv_names = list(cv_names)
+    rows = frame.sort_values(cv_names, kind="stable")
+    axes = [np.unique(rows[name].to_numpy(dtype=float)) for name in cv_names]
+    shape = tuple(a.size for a in axes)
+    grid = np.meshgrid(*axes, indexing="ij")
+    if int(np.prod(shape)) != len(rows) or not all(
+        np.array_equal(rows[name].to_numpy(dtype=float), g.ravel()) for name, g in zip(cv_names, grid)
+    ):
+        raise ValueError("the rows do not form a full grid of bin centres, one row per bin")
+    F = rows[column].to_numpy(dtype=float).reshape(shape)
+    if "F_err_kJmol" in rows:
+        F_err = rows["F_err_kJmol"].to_numpy(dtype=float).reshape(shape)
+    else:
+        F_err = np.full(shape, np.nan)
+    return FES(edges=tuple(_edges_from_centres(a) for a in axes), F=F - np.nanmin(F), F_err=F_err)
+
+
+def read_fes_csv(path: str | os.PathLike, cv_names, column: str = "F_kJmol") -> FES:
+    """Read a ``fes.csv`` (e.g. a reference) back into an :class:`FES`; see :func:`fes_from_frame`."""
+    import pandas as pd
+
+    return fes_from_frame(pd.read_csv(path), cv_names, column)
+
+
+def _edges_from_centres(c: np.ndarray) -> np.ndarray:
+    if c.size < 2:
+        raise ValueError("need at least 2 bin centres per CV to rebuild the edges")
+    h = np.diff(c)
+    if not np.allclose(h, h.mean(), rtol=1e-3, atol=0):
+        raise ValueError("bin centres are not evenly spaced")
+    return np.concatenate([[c[0] - h[0] / 2], 0.5 * (c[1:] + c[:-1]), [c[-1] + h[-1] / 2]])

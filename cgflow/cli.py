@@ -1,0 +1,128 @@
+"""The ``cgflow`` command: one subcommand per workflow action, each reading and writing files.
+
+Every subcommand takes the resolved campaign config (``results/<campaign>/config.yaml``,
+written by the workflow's first rule) so a job depends on nothing but its input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _campaign(path):
+    from cgflow.config import load_config
+
+    return load_config(Path(path))
+
+
+def cmd_validate(args) -> None:
+    import yaml
+
+    campaign = _campaign(args.config)
+    if args.results_dir:
+        print(f"results/{campaign.name}")
+    else:
+        print(yaml.safe_dump(campaign.resolved, sort_keys=False), end="")
+
+
+def cmd_write_config(args) -> None:
+    import yaml
+
+    from cgflow.config import load_config
+    from cgflow.io import write_text
+
+    campaign = load_config(json.loads(args.json))
+    write_text(args.out, yaml.safe_dump(campaign.resolved, sort_keys=False))
+
+
+def cmd_sample(args) -> None:
+    from cgflow.sampling.round import run
+
+    run(_campaign(args.config), args.round, Path(args.out_dir))
+
+
+def cmd_reference(args) -> None:
+    from cgflow.analysis.campaign import write_reference
+
+    write_reference(_campaign(args.config), Path(args.out))
+
+
+def cmd_fes(args) -> None:
+    from cgflow.analysis.campaign import write_fes
+
+    write_fes(_campaign(args.config), [Path(p) for p in args.samples],
+              Path(args.reference) if args.reference else None, Path(args.out), Path(args.summary))
+
+
+def cmd_plot(args) -> None:
+    from cgflow.analysis.campaign import write_plots
+
+    write_plots(_campaign(args.config), Path(args.fes), [Path(p) for p in args.samples], Path(args.out_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cgflow", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a config file and print it with every default filled in")
+    p.add_argument("config")
+    p.add_argument("--results-dir", action="store_true", help="print only the campaign's results folder")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("write-config", help="write the resolved config (JSON text) as YAML")
+    p.add_argument("--json", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_write_config)
+
+    p = sub.add_parser("sample", help="run one round of FG sampling (under mpiexec/srun or alone)")
+    p.add_argument("--config", required=True, help="resolved campaign config")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--out-dir", required=True, help="round folder; samples.parquet (and traj/) go here")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("reference", help="write the reference FES (exact quadrature for toys, or the given file)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_reference)
+
+    p = sub.add_parser("fes", help="free-energy surface with error bars from all rounds' samples")
+    p.add_argument("--config", required=True)
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--reference")
+    p.add_argument("--out", required=True, help="fes.csv")
+    p.add_argument("--summary", required=True, help="summary.json")
+    p.set_defaults(func=cmd_fes)
+
+    p = sub.add_parser("plot", help="plots of the FES, the CV histogram and walker traces")
+    p.add_argument("--config", required=True)
+    p.add_argument("--fes", required=True)
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from cgflow.config import ConfigError
+
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"cgflow: bad config: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""The campaign config: validation against the JSON-schema, defaults, and a typed view.
+
+One function, :func:`load_config`, is the only way a config enters cgflow: the Snakefile
+calls it before any job starts, and every ``cgflow`` subcommand calls it on the resolved
+``results/<campaign>/config.yaml``. A bad value raises :class:`ConfigError` with one sentence
+that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cgflow.io import config_hash
+
+KB = 0.0083144626181532  # kJ/mol/K
+RESERVED_COLUMNS = {"walker", "step", "time_ps", "potential_energy_kJmol", "bias_energy_kJmol",
+                    "x_nm", "y_nm", "z_nm", "round", "weight"}
+MOLECULE_CVS = ("phi", "psi")
+
+
+class ConfigError(ValueError):
+    """A config value that cgflow cannot run with; the message is one sentence for the user."""
+
+
+def schema() -> dict:
+    import yaml
+
+    text = resources.files("cgflow").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+# --- schema validation ---------------------------------------------------------------------
+def _fill_defaults(instance: dict, sch: dict) -> None:
+    for key, sub in sch.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and "properties" in sub:
+            _fill_defaults(instance[key], sub)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "the config"
+
+
+def _format(error) -> str:
+    key = _where(error.absolute_path)
+    v, val, sch = error.validator, error.instance, error.schema
+    if v == "additionalProperties":
+        allowed = sorted(sch.get("properties", {}))
+        extra = sorted(set(val) - set(allowed))
+        name = f"{key}.{extra[0]}" if error.absolute_path else str(extra[0])
+        return f"{name}: unknown key; allowed keys here: {', '.join(allowed)}"
+    if v == "required":
+        missing = [k for k in error.validator_value if k not in val][0]
+        name = f"{key}.{missing}" if error.absolute_path else missing
+        return f"{name}: missing; this key is required"
+    if v == "enum":
+        return f"{key}: {_short(val)} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
+    if v == "type":
+        return f"{key}: {_short(val)} must be of type {error.validator_value}"
+    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    if v in bounds:
+        return f"{key}: {_short(val)} is not allowed; it must be {bounds[v]} {error.validator_value}"
+    if v in ("minItems", "maxItems"):
+        word = "at least" if v == "minItems" else "at most"
+        return f"{key}: {_short(val)} must have {word} {error.validator_value} items"
+    if v in ("minLength",):
+        return f"{key}: must not be empty"
+    if v == "pattern":
+        return f"{key}: {_short(val)} is not allowed; expected {sch.get('description', error.message)}"
+    return f"{key}: {error.message}"
+
+
+def _validate_schema(config: dict) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    sch = schema()
+    errors = list(Draft202012Validator(sch).iter_errors(config))
+    if errors:
+        err = best_match(errors)
+        # a oneOf that failed in every branch: the branch errors name nothing useful
+        if err.validator in ("oneOf", "anyOf") or (err.parent is not None and err.parent.validator == "oneOf"):
+            top = err if err.validator in ("oneOf", "anyOf") else err.parent
+            raise ConfigError(f"{_where(top.absolute_path)}: {_short(top.instance)} is not allowed; "
+                              f"expected {_describe_of(sch, top.absolute_path)}")
+        raise ConfigError(_format(err))
+
+
+def _describe_of(sch: dict, path) -> str:
+    node = sch
+    for p in path:
+        if isinstance(p, int):
+            return "a valid list item"
+        node = node.get("properties", {}).get(p, {})
+    return " ".join(str(node.get("description", "a value of the documented form")).split())
+
+
+# --- typed view ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float
+    timestep: float
+    friction: float
+    walkers: int
+    steps: int
+    equilibration: int
+    report_interval: int
+    checkpoint_interval: int
+    platform: str
+    pin_cpu: bool
+
+    @property
+    def kT(self) -> float:
+        """kT in kJ/mol."""
+        return KB * self.temperature
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    bins: tuple[int, ...]
+    reference: str
+    bootstrap: int
+    rmse_cutoff_kT: float
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    type: str
+    cvs: tuple[tuple[str, str], ...]  # (column name, expression)
+    energy: str | None = None
+    potential: str | None = None
+    box: dict | None = None
+    mass: float = 1.0
+    start: dict | None = None
+    solvent: str = "vacuum"
+
+    @property
+    def cv_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.cvs)
+
+    @property
+    def is_toy(self) -> bool:
+        return self.type == "toy"
+
+    def build(self):
+        """The FG system object (ToySystem or AlanineDipeptide)."""
+        if self.is_toy:
+            from cgflow.systems.toy import CV, ToySystem
+
+            return ToySystem(
+                energy=self.energy,
+                cvs=tuple(CV(n, e) for n, e in self.cvs),
+                box={k: tuple(v) for k, v in self.box.items()},
+                mass=self.mass,
+                start=self.start,
+            )
+        from cgflow.systems.alanine import AlanineDipeptide
+
+        return AlanineDipeptide(solvent=self.solvent, cvs=self.cv_names)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """The validated campaign config; ``resolved`` is the dict with every default filled in."""
+
+    resolved: dict
+
+    @property
+    def name(self) -> str:
+        return self.resolved["campaign"]
+
+    @property
+    def seed(self) -> int:
+        return self.resolved["seed"]
+
+    @cached_property
+    def hash(self) -> str:
+        return config_hash(self.resolved)
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the config keys a stage's result depends on (so e.g. analysis-only edits
+        do not rerun or invalidate sampling)."""
+        keys = {"sampling": ("seed", "system", "sampling")}[stage]
+        return config_hash({k: self.resolved[k] for k in keys})
+
+    @cached_property
+    def system(self) -> SystemConfig:
+        s = self.resolved["system"]
+        return SystemConfig(
+            type=s["type"],
+            cvs=_cv_items(s["cv"]),
+            energy=_toy_energy(s) if s["type"] == "toy" else None,
+            potential=s.get("potential"),
+            box=s.get("box"),
+            mass=s.get("mass", 1.0),
+            start=s.get("start"),
+            solvent=s.get("solvent", "vacuum"),
+        )
+
+    @cached_property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(**self.resolved["sampling"])
+
+    @cached_property
+    def analysis(self) -> AnalysisConfig:
+        a = dict(self.resolved["analysis"])
+        bins = a.pop("bins")
+        n = len(self.system.cvs)
+        a["bins"] = tuple(bins) if isinstance(bins, list) else (bins,) * n
+        return AnalysisConfig(**a)
+
+
+def _toy_energy(s: dict) -> str:
+    if "energy" in s:
+        return s["energy"]
+    from cgflow.systems.toy import BUILTINS
+
+    return BUILTINS[s["potential"]].energy
+
+
+def _cv_items(cv) -> tuple[tuple[str, str], ...]:
+    items = cv if isinstance(cv, list) else [cv]
+    out = []
+    unnamed = [i for i in items if isinstance(i, str) and not i.isidentifier()]
+    for item in items:
+        if isinstance(item, dict):
+            (name, expr), = item.items()
+        elif item.isidentifier():
+            name, expr = item, item
+        else:
+            name = "cv" if len(unnamed) == 1 else f"cv{unnamed.index(item) + 1}"
+            expr = item
+        out.append((name, expr))
+    return tuple(out)
+
+
+# --- semantic checks ---------------------------------------------------------------------------
+def _check_toy(s: dict) -> None:
+    from cgflow.systems.expression import ExpressionError, parse
+    from cgflow.systems.toy import BUILTINS
+
+    if "solvent" in s:
+        raise ConfigError("system.solvent: only for alanine_dipeptide; a toy has no solvent")
+    if ("potential" in s) == ("energy" in s):
+        raise ConfigError(
+            "system: give exactly one of potential (built-in: "
+            f"{', '.join(BUILTINS)}) or energy (an OpenMM expression in x, y, z)"
+        )
+    if "potential" in s:
+        builtin = BUILTINS[s["potential"]]
+        s.setdefault("box", {k: list(v) for k, v in builtin.box.items()})
+        s.setdefault("cv", list(builtin.cv) if len(builtin.cv) > 1 else builtin.cv[0])
+    else:
+        try:
+            energy = parse(s["energy"])
+        except ExpressionError as exc:
+            raise ConfigError(f"system.energy: {_short(s['energy'])} is not a valid expression: {exc}") from None
+        if not energy.variables:
+            raise ConfigError(f"system.energy: {_short(s['energy'])} depends on none of x, y, z")
+        _check_openmm_accepts(s["energy"])
+        for key in ("cv", "box"):
+            if key not in s:
+                raise ConfigError(f"system.{key}: missing; an energy expression needs its {key} "
+                                  + ("(e.g. x or [x, y])" if key == "cv" else "(e.g. {x: [-2, 2]})"))
+    names = set()
+    for name, expr in _cv_items(s["cv"]):
+        try:
+            fn = parse(expr)
+        except ExpressionError as exc:
+            raise ConfigError(f"system.cv: {_short(expr)} is not a valid CV: {exc}") from None
+        if not fn.variables:
+            raise ConfigError(f"system.cv: {_short(expr)} names no coordinate; allowed: x, y, z or an expression in them")
+        if name in names or name in RESERVED_COLUMNS:
+            raise ConfigError(f"system.cv: the name {name!r} is used twice or reserved; name it with {{name: expression}}")
+        names.add(name)
+    for key, (lo, hi) in s["box"].items():
+        if not lo < hi:
+            raise ConfigError(f"system.box.{key}: {[lo, hi]} is not allowed; it must be [low, high] with low < high")
+    _check_box(s)
+
+
+def _check_openmm_accepts(energy: str) -> None:
+    import openmm
+
+    system = openmm.System()
+    system.addParticle(1.0)
+    force = openmm.CustomExternalForce(energy)
+    force.addParticle(0, [])
+    system.addForce(force)
+    try:
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions([openmm.Vec3(0.1, 0.2, 0.3)])
+        context.getState(getEnergy=True)
+    except Exception as exc:  # OpenMM raises a bare Exception for Lepton errors
+        raise ConfigError(f"system.energy: {_short(energy)} is not accepted by OpenMM: {exc}") from None
+
+
+def _check_box(s: dict) -> None:
+    import numpy as np
+
+    from cgflow.systems.toy import CV, ToySystem
+
+    toy = ToySystem(_toy_energy(s), tuple(CV(n, e) for n, e in _cv_items(s["cv"])),
+                    {k: tuple(v) for k, v in s["box"].items()})
+    missing = [c for c in toy.coordinates if c not in s["box"]]
+    if missing:
+        raise ConfigError(f"system.box: {_short(s['box'])} has no range for {', '.join(missing)}, "
+                          "which the energy or the cv uses")
+    point, on_edge = toy.grid_minimum()
+    energy_min = toy.energies(np.array([[point.get(c, 0.0) for c in "xyz"]]))[0]
+    if not np.isfinite(energy_min):
+        raise ConfigError(f"system.energy: {_short(s['energy'] if 'energy' in s else s['potential'])} "
+                          "is not finite anywhere in the box")
+    if on_edge:
+        where = ", ".join(f"{c}={v:.3g}" for c, v in point.items())
+        raise ConfigError(f"system.box: {_short(s['box'])} does not contain the energy minimum "
+                          f"(the lowest point is on its edge at {where}); widen the box")
+
+
+def _check_molecule(s: dict) -> None:
+    for key in ("potential", "energy", "box", "mass", "start"):
+        if key in s:
+            raise ConfigError(f"system.{key}: only for toy systems, not for {s['type']}")
+    s.setdefault("solvent", "vacuum")
+    s.setdefault("cv", list(MOLECULE_CVS))
+    for name, expr in _cv_items(s["cv"]):
+        if expr not in MOLECULE_CVS or name != expr:
+            raise ConfigError(f"system.cv: {_short(expr)} is not allowed for {s['type']}; allowed: phi, psi")
+    if len(set(_cv_items(s["cv"]))) != len(_cv_items(s["cv"])):
+        raise ConfigError(f"system.cv: {_short(s['cv'])} names a CV twice")
+
+
+def resolve(raw: dict, base_dir: Path | None = None) -> dict:
+    """Validate ``raw`` and return it with every default filled in (raises ConfigError)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of keys to values, not {type(raw).__name__}")
+    config = copy.deepcopy(raw)
+    _fill_defaults(config, schema())
+    _validate_schema(config)
+    s = config["system"]
+    if s["type"] == "toy":
+        _check_toy(s)
+    else:
+        _check_molecule(s)
+    n_cvs = len(_cv_items(s["cv"]))
+    bins = config["analysis"]["bins"]
+    if isinstance(bins, list) and len(bins) != n_cvs:
+        raise ConfigError(f"analysis.bins: {bins} has {len(bins)} entries for {n_cvs} CV(s); give one number or one per CV")
+    ref = config["analysis"].setdefault("reference", "exact" if s["type"] == "toy" else "none")
+    if ref == "exact" and s["type"] != "toy":
+        raise ConfigError(f"analysis.reference: 'exact' needs a toy system; for {s['type']} give none or a path to a reference fes.csv")
+    if ref not in ("exact", "none"):
+        path = Path(ref) if base_dir is None or Path(ref).is_absolute() else base_dir / ref
+        if not path.is_file():
+            raise ConfigError(f"analysis.reference: {ref!r} is not exact, none, or an existing fes.csv file")
+    smp = config["sampling"]
+    if smp["report_interval"] > smp["steps"]:
+        raise ConfigError(f"sampling.report_interval: {smp['report_interval']} is not allowed; it must be <= sampling.steps ({smp['steps']})")
+    return config
+
+
+def load_config(source: str | Path | dict, base_dir: Path | None = None) -> Campaign:
+    """Read (if a path), validate and type a campaign config."""
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        path = Path(source)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    else:
+        raw = source
+    return Campaign(resolve(raw, base_dir))

@@ -1,0 +1,1 @@
+"""FG sampling with OpenMM: platform choice, CPU pinning, checkpointed walker runs."""

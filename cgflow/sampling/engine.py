@@ -1,0 +1,191 @@
+"""Checkpointed Langevin sampling of walkers with OpenMM.
+
+A *replica* is one OpenMM Context and the walkers it holds: all of a process's walkers for a
+toy (independent particles), one walker for a molecule. A replica runs in chunks of
+``checkpoint_interval`` steps; each chunk is one atomically written ``.npz`` holding the
+frames recorded in it and an OpenMM checkpoint (positions, velocities, step and random-number
+state) taken at its end. A killed job restarted on the same work folder reloads the last
+chunk's checkpoint and goes on, so the finished output is the one an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cgflow.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MDSettings:
+    """Langevin MD settings of one round (OpenMM units: K, ps, 1/ps)."""
+
+    temperature: float
+    timestep: float
+    friction: float
+    steps: int
+    equilibration: int
+    report_interval: int
+    checkpoint_interval: int
+
+    @classmethod
+    def from_config(cls, sampling) -> "MDSettings":
+        return cls(sampling.temperature, sampling.timestep, sampling.friction, sampling.steps,
+                   sampling.equilibration, sampling.report_interval, sampling.checkpoint_interval)
+
+
+@dataclass
+class ReplicaFrames:
+    """Frames of one replica's walkers: production step, positions (nm), CVs, energies (kJ/mol)."""
+
+    walkers: list[int]
+    step: np.ndarray  # (n_frames,)
+    positions: np.ndarray  # (n_frames, n_particles, 3)
+    cv: np.ndarray  # (n_frames, n_walkers, n_cvs)
+    potential: np.ndarray  # (n_frames, n_walkers)
+    bias: np.ndarray  # (n_frames, n_walkers)
+    wall_s: float
+
+
+def replica_seed(seed: int, round_index: int, first_walker: int) -> int:
+    """A non-zero OpenMM seed (0 would mean 'random') from the campaign seed and walker block."""
+    state = np.random.SeedSequence([seed, round_index, first_walker]).generate_state(1)[0]
+    return int(state % (2**31 - 2)) + 1
+
+
+def replicas(system, walkers: list[int]) -> list[list[int]]:
+    """Group walkers into Contexts: all in one for toys, one each for molecules."""
+    if system.shares_context:
+        return [list(walkers)] if walkers else []
+    return [[w] for w in walkers]
+
+
+def make_context(system, n_walkers: int, settings: MDSettings, platform: str, properties: dict, seed: int = 1):
+    """A Context at the system's start positions; the seed must reach the integrator before the
+    Context exists, as OpenMM reads it only then."""
+    import openmm
+    import openmm.unit as u
+
+    omm_system = system.create_system(n_walkers) if system.shares_context else system.create_system()
+    integrator = openmm.LangevinMiddleIntegrator(
+        settings.temperature * u.kelvin, settings.friction / u.picosecond, settings.timestep * u.picoseconds
+    )
+    integrator.setRandomNumberSeed(seed)
+    context = openmm.Context(omm_system, integrator, openmm.Platform.getPlatformByName(platform), properties)
+    positions = system.initial_positions(n_walkers) if system.shares_context else system.initial_positions()
+    context.setPositions(positions)
+    return context, integrator
+
+
+def _observe(system, context, n_walkers: int):
+    """Positions (nm), CVs (n_walkers, d) and potential energies (n_walkers,) of the current state."""
+    import openmm.unit as u
+
+    if system.shares_context:
+        state = context.getState(getPositions=True)
+        pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        return pos, system.cv_values(pos), system.energies(pos)
+    state = context.getState(getPositions=True, getEnergy=True)
+    pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+    energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+    return pos, system.cv_values(pos[None]), np.array([energy])
+
+
+def _chunks(folder: Path) -> list[Path]:
+    return sorted(folder.glob("chunk-*.npz"))
+
+
+def run_replica(system, walkers: list[int], settings: MDSettings, platform: str, properties: dict,
+                seed: int, folder: Path, progress=None) -> ReplicaFrames:
+    """Run (or resume) one replica in ``folder``; return all its frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(walkers)
+    context, integrator = make_context(system, n, settings, platform, properties, seed)
+    done = _chunks(folder)
+    total = settings.equilibration + settings.steps
+    if done:
+        with np.load(done[-1]) as last:
+            context.loadCheckpoint(last["checkpoint"].tobytes())
+            step = int(last["end_step"])
+        log.info("walkers %d-%d: resuming from step %d of %d", walkers[0], walkers[-1], step, total)
+    else:
+        import openmm.unit as u
+
+        context.setVelocitiesToTemperature(settings.temperature * u.kelvin, seed)
+        step = 0
+    ri, ci, eq = settings.report_interval, settings.checkpoint_interval, settings.equilibration
+    while step < total:
+        t0 = time.perf_counter()
+        end = min(total, (step // ci + 1) * ci)
+        steps, pos, cvs, pots = [], [], [], []
+        while step < end:
+            next_frame = eq + ((max(step - eq, 0) // ri) + 1) * ri
+            target = min(end, next_frame)
+            integrator.step(target - step)
+            step = target
+            if step > eq and (step - eq) % ri == 0:
+                p, c, e = _observe(system, context, n)
+                steps.append(step - eq)
+                pos.append(p)
+                cvs.append(c)
+                pots.append(e)
+        wall = time.perf_counter() - t0
+        n_particles = context.getSystem().getNumParticles()
+        n_cv = len(system.cv_names)
+        with atomic_path(folder / f"chunk-{end:010d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    end_step=end,
+                    step=np.asarray(steps, dtype=np.int64),
+                    positions=np.asarray(pos, dtype=float).reshape(-1, n_particles, 3),
+                    cv=np.asarray(cvs, dtype=float).reshape(-1, n, n_cv),
+                    potential=np.asarray(pots, dtype=float).reshape(-1, n),
+                    wall_s=wall,
+                    checkpoint=np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
+                )
+        if progress is not None:
+            progress(walkers, end, total, wall)
+    del context, integrator
+    return _load_frames(folder, walkers)
+
+
+def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
+    parts = {k: [] for k in ("step", "positions", "cv", "potential")}
+    wall = 0.0
+    for chunk in _chunks(folder):
+        with np.load(chunk) as data:
+            for k in parts:
+                parts[k].append(data[k])
+            wall += float(data["wall_s"])
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return ReplicaFrames(walkers=walkers, step=cat["step"], positions=cat["positions"], cv=cat["cv"],
+                         potential=cat["potential"], bias=np.zeros_like(cat["potential"]), wall_s=wall)
+
+
+def open_workdir(workdir: Path, job: dict, choose_platform) -> str:
+    """Reuse ``workdir`` if it holds the same ``job`` (config, round, walker layout) and return
+    the platform its checkpoints were made on; otherwise start it afresh with ``choose_platform()``.
+    """
+    path = workdir / "manifest.json"
+    if workdir.exists():
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        if manifest.get("job") == job:
+            return manifest["platform"]
+        log.info("discarding %s: it belongs to another config or walker layout", workdir)
+        shutil.rmtree(workdir)
+    platform = choose_platform()
+    workdir.mkdir(parents=True)
+    write_json(path, {"job": job, "platform": platform})
+    return platform

@@ -1,0 +1,178 @@
+"""One sampling round: run this process's walkers and write ``samples.parquet`` (+ trajectories).
+
+``samples.parquet`` has one row per saved frame and walker: ``walker``, ``step`` (production
+MD step), ``time_ps``, the CV columns (nm for toys, radians for dihedrals),
+``potential_energy_kJmol`` (the FG potential without bias), ``bias_energy_kJmol``, and for toys
+the particle position ``x_nm``, ``y_nm``, ``z_nm``. Its metadata (key ``cgflow``) carries the
+provenance: config hash, seed, round, platform, package versions, wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cgflow.io import atomic_path, package_versions
+from cgflow.sampling.engine import MDSettings, ReplicaFrames, make_context, open_workdir, replica_seed, replicas, run_replica
+from cgflow.sampling.platform import choose_platform, pin_to_free_core, platform_properties
+
+log = logging.getLogger(__name__)
+
+
+def walker_block(n_walkers: int, size: int, rank: int) -> list[int]:
+    """The contiguous, deterministic share of walkers that MPI rank ``rank`` of ``size`` owns."""
+    base, extra = divmod(n_walkers, size)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (rank < extra)))
+
+
+class _Progress:
+    """Log lines of progress (steps done, rate, time left), at most one per ``every`` seconds."""
+
+    def __init__(self, total_walker_steps: int, every: float = 10.0):
+        self.total, self.every = total_walker_steps, every
+        self.done: dict[int, int] = {}
+        self.t0 = time.perf_counter()
+        self.last = -np.inf
+
+    def __call__(self, walkers, step, total, wall):
+        self.done[walkers[0]] = len(walkers) * step
+        now = time.perf_counter()
+        finished = sum(self.done.values())
+        if now - self.last < self.every and finished < self.total:
+            return
+        self.last = now
+        rate = finished / max(now - self.t0, 1e-9)
+        eta = (self.total - finished) / rate if rate > 0 else float("inf")
+        log.info("%5.1f%%  %d/%d walker-steps  %.3g walker-steps/s  ETA %.0f s",
+                 100 * finished / self.total, finished, self.total, rate, eta)
+
+
+def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size: int = 1):
+    """Run this rank's walkers for one round; return their frames (rank 0 gathers and writes)."""
+    sampling = campaign.sampling
+    system = campaign.system.build()
+    settings = MDSettings.from_config(sampling)
+    walkers = walker_block(sampling.walkers, size, rank)
+    if sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference"):
+        pin_to_free_core()
+    workdir = Path(out_dir) / ".work" / f"rank-{rank:03d}-of-{size:03d}"
+    job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers}
+    groups = replicas(system, walkers)
+
+    def choose():
+        n = len(groups[0]) if groups else 1
+        return choose_platform(
+            sampling.platform,
+            lambda name: make_context(system, n, settings, name, platform_properties(name)),
+        )
+
+    platform = open_workdir(workdir, job, choose)
+    properties = platform_properties(platform)
+    progress = _Progress(len(walkers) * (settings.steps + settings.equilibration))
+    frames = [
+        run_replica(system, group, settings, platform, properties,
+                    replica_seed(campaign.seed, round_index, group[0]),
+                    workdir / f"replica-{group[0]:05d}", progress)
+        for group in groups
+    ]
+    return frames, platform
+
+
+def frames_table(frames: list[ReplicaFrames], cv_names, timestep: float, toy: bool):
+    """One DataFrame row per (frame, walker), sorted by walker then step."""
+    import pandas as pd
+
+    parts = []
+    for fr in frames:
+        n_frames, n_walkers = fr.potential.shape
+        cols = {
+            "walker": np.repeat(np.asarray(fr.walkers, dtype=np.int32)[None, :], n_frames, 0).ravel(),
+            "step": np.repeat(fr.step[:, None], n_walkers, 1).ravel(),
+        }
+        cols["time_ps"] = cols["step"] * timestep
+        for j, name in enumerate(cv_names):
+            cols[name] = fr.cv[:, :, j].ravel()
+        cols["potential_energy_kJmol"] = fr.potential.ravel()
+        cols["bias_energy_kJmol"] = fr.bias.ravel()
+        if toy:
+            for j, c in enumerate("xyz"):
+                cols[f"{c}_nm"] = fr.positions[:, :, j].ravel()
+        parts.append(pd.DataFrame(cols))
+    table = pd.concat(parts, ignore_index=True)
+    return table.sort_values(["walker", "step"], kind="stable").reset_index(drop=True)
+
+
+def write_parquet(table, path: Path, provenance: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"cgflow"] = json.dumps(provenance).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+
+
+def read_provenance(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"cgflow", b"{}"))
+
+
+def write_trajectories(system, frames: list[ReplicaFrames], traj_dir: Path, timestep: float) -> None:
+    """One DCD per walker plus ``topology.pdb`` (mdtraj.load(dcd, top=pdb) reads them)."""
+    import mdtraj as md
+
+    top = system.mdtraj_topology()
+    staging = traj_dir.with_name(f".{traj_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for fr in frames:
+        traj = md.Trajectory(fr.positions.astype(np.float32), top, time=fr.step * timestep)
+        traj[:1].save_pdb(str(staging / "topology.pdb"))
+        traj.save_dcd(str(staging / f"walker-{fr.walkers[0]:04d}.dcd"))
+    shutil.rmtree(traj_dir, ignore_errors=True)
+    staging.rename(traj_dir)
+
+
+def run(campaign, round_index: int, out_dir: Path) -> Path:
+    """The ``cgflow sample`` action: sample, then write samples.parquet (and traj/) atomically."""
+    from cgflow.sampling.mpi import world
+
+    comm, rank, size = world()
+    t0 = time.perf_counter()
+    frames, platform = sample_round(campaign, round_index, out_dir, rank, size)
+    if comm is not None:
+        gathered = comm.gather((frames, platform), root=0)
+        if rank != 0:
+            return out_dir / "samples.parquet"
+        frames = [f for part, _ in gathered for f in part]
+        platform = ",".join(sorted({p for _, p in gathered}))
+    system = campaign.system
+    table = frames_table(frames, system.cv_names, campaign.sampling.timestep, system.is_toy)
+    provenance = {
+        "sampling_hash": campaign.stage_hash("sampling"),
+        "seed": campaign.seed,
+        "round": round_index,
+        "platform": platform,
+        "ranks": size,
+        "fg_steps": campaign.sampling.walkers * (campaign.sampling.steps + campaign.sampling.equilibration),
+        "md_wall_s": sum(f.wall_s for f in frames),
+        "wall_s": time.perf_counter() - t0,
+        "versions": package_versions(),
+    }
+    out_dir = Path(out_dir)
+    if not system.is_toy:
+        write_trajectories(system.build(), frames, out_dir / "traj", campaign.sampling.timestep)
+    write_parquet(table, out_dir / "samples.parquet", provenance)
+    shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    log.info("wrote %s: %d frames of %d walkers on %s", out_dir / "samples.parquet", len(table),
+             campaign.sampling.walkers, platform)
+    return out_dir / "samples.parquet"

@@ -1,0 +1,1 @@
+"""FG systems: toy potentials with exact references, OpenMM molecules, their CVs."""

@@ -1,0 +1,211 @@
+"""Toy FG systems: particles on an analytic potential, with exact PMFs by quadrature.
+
+A toy walker is one particle of mass ``mass`` (amu) moving in x, y, z (nm) on an energy
+given as an OpenMM/Lepton expression (kJ/mol). All walkers are independent particles in one
+OpenMM Context (a ``CustomExternalForce``), so a thousand walkers cost about what one does.
+Coordinates the energy does not use diffuse freely; they do not enter any CV.
+
+The exact PMF along the CVs, ``F(s) = -kT ln Integral exp(-U/kT) delta(xi(r) - s) dr``,
+is computed by quadrature over ``box`` and integrated over each analysis bin, so it is the
+quantity a histogram estimates, with no bin-centring bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from cgflow.systems.expression import Expression, parse
+
+KB = 0.0083144626181532  # kJ/mol/K
+
+MULLER_BROWN_SCALE = 0.1
+"""Müller-Brown energies are the 1979 values times this factor, in kJ/mol. At 300 K the
+deepest basin (A, near (-0.56, 1.44) nm) lies 10.7 kJ/mol = 4.3 kT below the A/C saddle."""
+
+
+def _muller_brown(scale: float) -> str:
+    terms = []
+    for A, a, b, c, x0, y0 in (
+        (-200, -1, 0, -10, 1, 0),
+        (-100, -1, 0, -10, 0, 0.5),
+        (-170, -6.5, 11, -6.5, -0.5, 1.5),
+        (15, 0.7, 0.6, 0.7, -1, 1),
+    ):
+        terms.append(
+            f"({A})*exp(({a})*(x-({x0}))^2 + ({b})*(x-({x0}))*(y-({y0})) + ({c})*(y-({y0}))^2)"
+        )
+    return f"{scale}*(" + " + ".join(terms) + ")"
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A named toy potential with the box it is meant to be studied in."""
+
+    energy: str
+    box: dict[str, tuple[float, float]]
+    cv: tuple[str, ...]
+    doc: str
+
+
+BUILTINS: dict[str, Builtin] = {
+    "double_well": Builtin(
+        "6*(x^2-1)^2",
+        {"x": (-2.0, 2.0)},
+        ("x",),
+        "1-D double well, minima at x = ±1 nm, barrier 6 kJ/mol (2.4 kT at 300 K)",
+    ),
+    "double_well_2d": Builtin(
+        "25*(x^2-1)^2 + 10*(1+0.5*x^2)*y^2",
+        {"x": (-2.0, 2.0), "y": (-2.0, 2.0)},
+        ("x",),
+        "2-D double well: barrier 25 kJ/mol (10 kT at 300 K) along x, y harmonic with an "
+        "x-dependent stiffness so the PMF along x has an entropic part",
+    ),
+    "muller_brown": Builtin(
+        _muller_brown(MULLER_BROWN_SCALE),
+        {"x": (-1.5, 1.2), "y": (-0.2, 2.0)},
+        ("x",),
+        f"Müller-Brown potential scaled by {MULLER_BROWN_SCALE} (kJ/mol, nm): three basins, "
+        "barrier 4.3 kT from the deepest one at 300 K",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CV:
+    """A collective variable: its column name and its expression in x, y, z (nm)."""
+
+    name: str
+    expression: str
+
+    @cached_property
+    def fn(self) -> Expression:
+        return parse(self.expression)
+
+
+@dataclass(frozen=True)
+class ToySystem:
+    """Non-interacting particles on one analytic potential; see the module docstring."""
+
+    shares_context = True  # all walkers are particles of one OpenMM Context
+
+    energy: str
+    cvs: tuple[CV, ...]
+    box: dict[str, tuple[float, float]]
+    mass: float = 1.0
+    start: dict[str, float] | None = None
+
+    @property
+    def cv_names(self) -> tuple[str, ...]:
+        return tuple(cv.name for cv in self.cvs)
+
+    @property
+    def cv_periodic(self) -> tuple[bool, ...]:
+        return tuple(False for _ in self.cvs)
+
+    @cached_property
+    def potential(self) -> Expression:
+        return parse(self.energy)
+
+    @property
+    def coordinates(self) -> tuple[str, ...]:
+        """The coordinates the energy or a CV depends on, in x, y, z order."""
+        used = set(self.potential.variables).union(*(cv.fn.variables for cv in self.cvs))
+        return tuple(c for c in ("x", "y", "z") if c in used)
+
+    # --- evaluation on particle positions (n, 3) in nm ---------------------------------
+    def energies(self, positions: np.ndarray) -> np.ndarray:
+        """Potential energy of each particle, kJ/mol."""
+        return self.potential(**_split(positions))
+
+    def cv_values(self, positions: np.ndarray) -> np.ndarray:
+        """CV values of each particle, shape (n, n_cvs)."""
+        coords = _split(positions)
+        return np.stack([cv.fn(**coords) for cv in self.cvs], axis=-1)
+
+    # --- OpenMM -------------------------------------------------------------------------
+    def create_system(self, n_walkers: int):
+        """An OpenMM System of ``n_walkers`` particles, each on the potential."""
+        import openmm
+
+        system = openmm.System()
+        force = openmm.CustomExternalForce(self.energy)
+        for i in range(n_walkers):
+            system.addParticle(self.mass)
+            force.addParticle(i, [])
+        system.addForce(force)
+        return system
+
+    def initial_positions(self, n_walkers: int) -> np.ndarray:
+        """All walkers start at ``start`` (default: the lowest grid point of the box), nm."""
+        point = self.start if self.start is not None else self.grid_minimum()[0]
+        pos = np.zeros((n_walkers, 3))
+        for i, c in enumerate("xyz"):
+            pos[:, i] = point.get(c, 0.0)
+        return pos
+
+    # --- quadrature -----------------------------------------------------------------------
+    def _grid(self, points_per_dim: int | None = None):
+        """Cell centres and cell volume of a regular grid over the box in the used coordinates."""
+        dims = self.coordinates
+        n = points_per_dim or {1: 20000, 2: 1000, 3: 120}[max(len(dims), 1)]
+        axes = []
+        volume = 1.0
+        for c in dims:
+            lo, hi = self.box[c]
+            h = (hi - lo) / n
+            axes.append(lo + h * (np.arange(n) + 0.5))
+            volume *= h
+        mesh = np.meshgrid(*axes, indexing="ij")
+        return {c: m.ravel() for c, m in zip(dims, mesh)}, volume
+
+    def grid_minimum(self, points_per_dim: int = 200) -> tuple[dict[str, float], bool]:
+        """The lowest grid point in the box and whether it lies on the box's edge."""
+        coords, _ = self._grid(points_per_dim)
+        with np.errstate(all="ignore"):
+            u = self.potential(**{c: coords[c] for c in self.potential.variables})
+        u = np.where(np.isfinite(u), u, np.inf)
+        i = int(np.argmin(u))
+        point = {c: float(v[i]) for c, v in coords.items()}
+        edge = False
+        for c in self.potential.variables:
+            lo, hi = self.box[c]
+            h = (hi - lo) / points_per_dim
+            edge |= point[c] < lo + h or point[c] > hi - h
+        return point, edge
+
+    def cv_range(self) -> list[tuple[float, float]]:
+        """The range of each CV over the box, box edges included (the default analysis grid)."""
+        dims = self.coordinates
+        axes = [np.linspace(*self.box[c], 201) for c in dims]
+        coords = {c: m.ravel() for c, m in zip(dims, np.meshgrid(*axes, indexing="ij"))}
+        out = []
+        for cv in self.cvs:
+            values = cv.fn(**{c: coords[c] for c in cv.fn.variables})
+            out.append((float(values.min()), float(values.max())))
+        return out
+
+    def reference_fes(self, edges: list[np.ndarray], temperature: float) -> np.ndarray:
+        """Exact bin-integrated PMF on the given CV bins, kJ/mol, min 0, NaN where zero weight."""
+        coords, volume = self._grid()
+        kT = KB * temperature
+        with np.errstate(all="ignore"):
+            logw = -self.potential(**{c: coords[c] for c in self.potential.variables}) / kT
+        logw = np.where(np.isfinite(logw), logw, -np.inf)
+        s = np.stack([cv.fn(**{c: coords[c] for c in cv.fn.variables}) for cv in self.cvs], axis=-1)
+        shift = logw.max()
+        mass, _ = np.histogramdd(s, bins=edges, weights=np.exp(logw - shift) * volume)
+        widths = np.meshgrid(*[np.diff(e) for e in edges], indexing="ij")
+        bin_volume = np.prod(widths, axis=0)
+        with np.errstate(divide="ignore"):
+            F = -kT * np.log(mass / bin_volume)
+        F[~np.isfinite(F)] = np.nan
+        return F - np.nanmin(F)
+
+
+def _split(positions: np.ndarray) -> dict[str, np.ndarray]:
+    positions = np.asarray(positions, dtype=float)
+    return {c: positions[..., i] for i, c in enumerate("xyz")}

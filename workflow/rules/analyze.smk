@@ -1,0 +1,59 @@
+"""Free-energy analysis: reference, FES with error bars, summary, plots."""
+
+
+rule reference:
+    input:
+        config=CONFIG_FILE,
+    output:
+        f"{RESULTS}/reference.csv",
+    log:
+        f"{RESULTS}/logs/reference.log",
+    conda:
+        ENV
+    message:
+        "Reference FES ({CAMPAIGN.analysis.reference})"
+    shell:
+        "cgflow reference --config {input.config} --out {output} > {log} 2>&1"
+
+
+rule fes:
+    input:
+        config=CONFIG_FILE,
+        samples=[f"{round_dir(k)}/samples.parquet" for k in ROUNDS],
+        reference=f"{RESULTS}/reference.csv" if has_reference() else [],
+    output:
+        fes=report(f"{RESULTS}/fes.csv", caption="../report/fes_csv.rst", category="Free energy"),
+        summary=report(f"{RESULTS}/summary.json", caption="../report/summary.rst", category="Free energy"),
+    params:
+        reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
+    log:
+        f"{RESULTS}/logs/fes.log",
+    conda:
+        ENV
+    message:
+        f"Free-energy surface from {len(ROUNDS)} round(s) of samples"
+    shell:
+        "cgflow fes --config {input.config} --samples {input.samples} {params.reference} "
+        "--out {output.fes} --summary {output.summary} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        config=CONFIG_FILE,
+        fes=rules.fes.output.fes,
+        samples=rules.fes.input.samples,
+    output:
+        fes=report(f"{RESULTS}/plots/fes.png", caption="../report/fes.rst", category="Free energy"),
+        hist=report(f"{RESULTS}/plots/cv_histogram.png", caption="../report/cv_histogram.rst", category="Sampling"),
+        traces=report(f"{RESULTS}/plots/walker_traces.png", caption="../report/walker_traces.rst", category="Sampling"),
+    params:
+        out_dir=lambda wildcards, output: Path(output.fes).parent,
+    log:
+        f"{RESULTS}/logs/plots.log",
+    conda:
+        ENV
+    message:
+        "Plots of the FES, CV histogram and walker traces"
+    shell:
+        "cgflow plot --config {input.config} --fes {input.fes} --samples {input.samples} "
+        "--out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,39 @@
+"""The validated campaign config and FG sampling rounds with OpenMM (one job per round)."""
+
+
+rule campaign_config:
+    output:
+        CONFIG_FILE,
+    params:
+        resolved=json.dumps(CAMPAIGN.resolved, sort_keys=True),
+    log:
+        f"{RESULTS}/logs/campaign_config.log",
+    conda:
+        ENV
+    message:
+        "Writing the validated config of campaign {CAMPAIGN.name}"
+    shell:
+        "cgflow write-config --json {params.resolved:q} --out {output} > {log} 2>&1"
+
+
+rule sample:
+    input:
+        # the sampling hash below decides reruns; analysis-only config changes keep the samples
+        config=ancient(CONFIG_FILE),
+    output:
+        **sample_outputs(),
+    params:
+        sampling_hash=CAMPAIGN.stage_hash("sampling"),
+        round=lambda wildcards: int(wildcards.round),
+        out_dir=lambda wildcards, output: Path(output.samples).parent,
+    wildcard_constraints:
+        round=r"\d\d",
+    threads: 1
+    log:
+        f"{RESULTS}/logs/sample-round-{{round}}.log",
+    conda:
+        ENV
+    message:
+        "FG sampling, round {wildcards.round}: {CAMPAIGN.sampling.walkers} walkers x {CAMPAIGN.sampling.steps} steps"
+    shell:
+        "cgflow sample --config {input.config} --round {params.round} --out-dir {params.out_dir} > {log} 2>&1"
