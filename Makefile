@@ -1,0 +1,41 @@
+# cgflow: `make run` (default campaign) and `make test` (test suite) set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/config.yaml
+CORES ?= all
+# torch is pinned to the CPU build that installs from local disk here; on a CUDA cluster
+# run `make TORCH=` after installing your own torch build into the venv.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.cgflow-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run report test test-fast bench clean-results
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml envs/constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c envs/constraints.txt $(TORCH)
+	$(BIN)/python -m pip install -q -c envs/constraints.txt -e '.[test]'
+	@touch $@
+
+run: install
+	$(BIN)/snakemake --configfile $(CONFIG) --cores $(CORES)
+	$(MAKE) --no-print-directory report
+
+report: install
+	$(BIN)/snakemake --configfile $(CONFIG) --report "$$($(BIN)/cgflow validate $(CONFIG) --results-dir)/report.html"
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not workflow"
+
+bench: install
+	$(BIN)/python tests/benchmarks/bench_sampling.py
+
+clean-results:
+	rm -rf results .snakemake

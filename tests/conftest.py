@@ -1,0 +1,36 @@
+"""Shared fixtures: campaigns built from small config dicts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def campaign():
+    """Build a validated Campaign from keyword overrides of a tiny toy config."""
+    from cgflow.config import load_config
+
+    def make(system=None, sampling=None, analysis=None, name="test", seed=1):
+        cfg = {"campaign": name, "seed": seed, "system": system or {"type": "toy", "potential": "double_well"}}
+        if sampling:
+            cfg["sampling"] = sampling
+        if analysis:
+            cfg["analysis"] = analysis
+        return load_config(cfg)
+
+    return make
+
+
+@pytest.fixture
+def cli_env():
+    """Environment for subprocesses: this interpreter's bin first on PATH (cgflow, snakemake)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env

@@ -1,0 +1,91 @@
+"""The Snakemake workflow: dry-runs of every shipped config, and a real tiny campaign end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import BIN, ROOT
+
+pytestmark = pytest.mark.workflow
+
+CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]
+
+
+def planned_rules(dry_run_stdout: str) -> set[str]:
+    """Rule names in the 'Job stats' table of a dry run."""
+    table = dry_run_stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {line.split()[0] for line in table.splitlines()[3:] if line.split() and line.split()[0] != "total"}
+
+
+def snakemake(*args, cwd=ROOT, env=None):
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_shows_the_whole_campaign(config, tmp_path, cli_env):
+    out = snakemake("-n", "--configfile", config, "-d", tmp_path, env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert {"campaign_config", "sample", "fes", "plots", "all"} <= planned_rules(out.stdout), out.stdout
+
+
+def test_lint_is_clean(cli_env):
+    out = snakemake("--lint", env=cli_env)
+    assert "Congratulations" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+TINY = {
+    "campaign": "tiny",
+    "seed": 3,
+    "system": {"type": "toy", "potential": "double_well"},
+    "sampling": {"walkers": 32, "steps": 40000, "equilibration": 2000, "report_interval": 50},
+    "analysis": {"bins": 30, "bootstrap": 50},
+}
+
+
+def test_tiny_campaign_end_to_end(tmp_path, cli_env):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    run = snakemake("--configfile", config, "-d", tmp_path, "--cores", "2", env=cli_env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = tmp_path / "results" / "tiny"
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["fg_steps_total"] == 32 * 42000
+    assert summary["reference_coverage"] == 1.0
+    assert summary["rmse_vs_reference_kT"] < 0.3
+    assert summary["provenance"]["versions"]["openmm"]
+
+    fes = pd.read_csv(results / "fes.csv")
+    assert list(fes.columns) == ["x", "F_kJmol", "F_err_kJmol", "F_ref_kJmol"]
+    assert len(fes) == 30 and fes.F_kJmol.min() == 0.0
+    for name in ("fes", "cv_histogram", "walker_traces"):
+        assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = snakemake("--configfile", config, "-d", tmp_path, "--report", results / "report.html", env=cli_env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "fes.png" in (results / "report.html").read_text()
+
+    # an analysis-only change reruns the analysis but keeps the samples
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**TINY, "analysis": {"bins": 20}}))
+    dry = snakemake("-n", "--configfile", changed, "-d", tmp_path, env=cli_env)
+    assert dry.returncode == 0, dry.stderr
+    planned = planned_rules(dry.stdout)
+    assert "fes" in planned and "sample" not in planned, dry.stdout
+
+
+def test_bad_config_stops_before_any_job(tmp_path, cli_env):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "sampling": {"temperature": -1}}))
+    out = snakemake("-n", "--configfile", config, "-d", tmp_path, env=cli_env)
+    assert out.returncode != 0
+    assert "cgflow: bad config: sampling.temperature: -1 is not allowed; it must be > 0" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "results").exists()
