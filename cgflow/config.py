@@ -44,6 +44,42 @@ def _fill_defaults(instance: dict, sch: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def _coerce_strings(instance: Any, sch: dict, root: dict) -> Any:
+    """Read a string as YAML where the schema wants a number or boolean and no string.
+
+    ``snakemake --config 'sampling={walkers: 8}'`` parses nested values with YAML's BaseLoader,
+    so they arrive as strings ('8'); a string that reads as a value of the wanted type becomes
+    that value, anything else is left for the schema to reject.
+    """
+    if "$ref" in sch:
+        sch = root["$defs"][sch["$ref"].rsplit("/", 1)[-1]]
+    branches = [sch, *sch.get("oneOf", []), *sch.get("anyOf", [])]
+    branches = [root["$defs"][b["$ref"].rsplit("/", 1)[-1]] if "$ref" in b else b for b in branches]
+    if isinstance(instance, str):
+        wanted = {b.get("type") for b in branches}
+        if "string" in wanted or not wanted & {"integer", "number", "boolean"}:
+            return instance
+        import yaml
+
+        try:
+            value = yaml.safe_load(instance)
+        except yaml.YAMLError:
+            return instance
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if (("integer" in wanted and is_int) or ("number" in wanted and (is_int or isinstance(value, float)))
+                or ("boolean" in wanted and isinstance(value, bool))):
+            return value
+        return instance
+    for b in branches:
+        if isinstance(instance, dict) and "properties" in b:
+            for key, sub in b["properties"].items():
+                if key in instance:
+                    instance[key] = _coerce_strings(instance[key], sub, root)
+        if isinstance(instance, list) and "items" in b:
+            instance[:] = [_coerce_strings(item, b["items"], root) for item in instance]
+    return instance
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -64,7 +100,8 @@ def _format(error) -> str:
     if v == "required":
         missing = [k for k in error.validator_value if k not in val][0]
         name = f"{key}.{missing}" if error.absolute_path else missing
-        return f"{name}: missing; this key is required"
+        what = sch.get("properties", {}).get(missing, {}).get("description")
+        return f"{name}: missing; this key is required" + (f" ({' '.join(str(what).split())})" if what else "")
     if v == "enum":
         return f"{key}: {_short(val)} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
     if v == "type":
@@ -72,11 +109,16 @@ def _format(error) -> str:
     bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
     if v in bounds:
         return f"{key}: {_short(val)} is not allowed; it must be {bounds[v]} {error.validator_value}"
-    if v in ("minItems", "maxItems"):
-        word = "at least" if v == "minItems" else "at most"
-        return f"{key}: {_short(val)} must have {word} {error.validator_value} items"
+    if v in ("minItems", "maxItems", "minProperties", "maxProperties"):
+        word = "at least" if v.startswith("min") else "at most"
+        n = error.validator_value
+        noun = ("item" if v.endswith("Items") else "key") + ("" if n == 1 else "s")
+        return f"{key}: {_short(val)} must have {word} {n} {noun}"
     if v in ("minLength",):
         return f"{key}: must not be empty"
+    if v == "pattern" and "propertyNames" in error.relative_schema_path:
+        return (f"{key}: the name {val!r} is not allowed; a name must be letters, digits and _, "
+                "not starting with a digit")
     if v == "pattern":
         return f"{key}: {_short(val)} is not allowed; expected {sch.get('description', error.message)}"
     return f"{key}: {error.message}"
@@ -84,18 +126,48 @@ def _format(error) -> str:
 
 def _validate_schema(config: dict) -> None:
     from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
+    from jsonschema.exceptions import relevance
 
     sch = schema()
     errors = list(Draft202012Validator(sch).iter_errors(config))
     if errors:
-        err = best_match(errors)
-        # a oneOf that failed in every branch: the branch errors name nothing useful
-        if err.validator in ("oneOf", "anyOf") or (err.parent is not None and err.parent.validator == "oneOf"):
-            top = err if err.validator in ("oneOf", "anyOf") else err.parent
+        top = max(errors, key=relevance)
+        err = _descend_of(top)
+        if err.validator in ("oneOf", "anyOf"):
+            # no single branch fits the value's type: say what the key expects as a whole
             raise ConfigError(f"{_where(top.absolute_path)}: {_short(top.instance)} is not allowed; "
                               f"expected {_describe_of(sch, top.absolute_path)}")
         raise ConfigError(_format(err))
+
+
+def _fitting_branches(err) -> list[list]:
+    """The branches of a failed oneOf/anyOf whose type fits the value, each as its list of errors."""
+    branches: dict = {}
+    for e in err.context:
+        branches.setdefault(e.relative_schema_path[0], []).append(e)
+
+    def fits(errs) -> bool:
+        for e in errs:
+            if len(e.relative_path) == 0 and (
+                e.validator == "type" or (e.validator in ("oneOf", "anyOf") and not _fitting_branches(e))
+            ):
+                return False
+        return True
+
+    return [errs for errs in branches.values() if fits(errs)]
+
+
+def _descend_of(err):
+    """From a failed oneOf/anyOf to the error inside the one branch that fits the value's type
+    (e.g. bins: 1 -> "must be >= 2"); the oneOf itself when none or several branches fit."""
+    from jsonschema.exceptions import relevance
+
+    while err.validator in ("oneOf", "anyOf"):
+        fitting = _fitting_branches(err)
+        if len(fitting) != 1:
+            return err
+        err = max(fitting[0], key=relevance)
+    return err
 
 
 def _describe_of(sch: dict, path) -> str:
@@ -252,10 +324,13 @@ def _check_toy(s: dict) -> None:
     from cgflow.systems.toy import BUILTINS
 
     if "solvent" in s:
-        raise ConfigError("system.solvent: only for alanine_dipeptide; a toy has no solvent")
+        raise ConfigError(f"system.solvent: {_short(s['solvent'])} is not allowed for a toy system; "
+                          "solvent is only for alanine_dipeptide")
     if ("potential" in s) == ("energy" in s):
+        given = (f"both potential ({_short(s['potential'])}) and energy ({_short(s['energy'])}) are given"
+                 if "potential" in s else "neither potential nor energy is given")
         raise ConfigError(
-            "system: give exactly one of potential (built-in: "
+            f"system: {given}; give exactly one of potential (built-in: "
             f"{', '.join(BUILTINS)}) or energy (an OpenMM expression in x, y, z)"
         )
     if "potential" in s:
@@ -282,8 +357,12 @@ def _check_toy(s: dict) -> None:
             raise ConfigError(f"system.cv: {_short(expr)} is not a valid CV: {exc}") from None
         if not fn.variables:
             raise ConfigError(f"system.cv: {_short(expr)} names no coordinate; allowed: x, y, z or an expression in them")
-        if name in names or name in RESERVED_COLUMNS:
-            raise ConfigError(f"system.cv: the name {name!r} is used twice or reserved; name it with {{name: expression}}")
+        _check_openmm_accepts(expr, "system.cv")
+        if name in names:
+            raise ConfigError(f"system.cv: the column name {name!r} is used twice; name each CV with {{name: expression}}")
+        if name in RESERVED_COLUMNS:
+            raise ConfigError(f"system.cv: the column name {name!r} is reserved ({', '.join(sorted(RESERVED_COLUMNS))}); "
+                              "name the CV with {name: expression}")
         names.add(name)
     for key, (lo, hi) in s["box"].items():
         if not lo < hi:
@@ -291,7 +370,8 @@ def _check_toy(s: dict) -> None:
     _check_box(s)
 
 
-def _check_openmm_accepts(energy: str) -> None:
+def _check_openmm_accepts(energy: str, key: str = "system.energy") -> None:
+    """OpenMM compiles the same text for sampling (energy) and for the CV bias (cv)."""
     import openmm
 
     system = openmm.System()
@@ -304,22 +384,26 @@ def _check_openmm_accepts(energy: str) -> None:
         context.setPositions([openmm.Vec3(0.1, 0.2, 0.3)])
         context.getState(getEnergy=True)
     except Exception as exc:  # OpenMM raises a bare Exception for Lepton errors
-        raise ConfigError(f"system.energy: {_short(energy)} is not accepted by OpenMM: {exc}") from None
+        raise ConfigError(f"{key}: {_short(energy)} is not accepted by OpenMM: {' '.join(str(exc).split())}") from None
 
 
 def _check_box(s: dict) -> None:
     import numpy as np
 
-    from cgflow.systems.toy import CV, ToySystem
+    from cgflow.systems.toy import BUILTINS, CV, ToySystem
 
     toy = ToySystem(_toy_energy(s), tuple(CV(n, e) for n, e in _cv_items(s["cv"])),
                     {k: tuple(v) for k, v in s["box"].items()})
     missing = [c for c in toy.coordinates if c not in s["box"]]
     if missing:
-        raise ConfigError(f"system.box: {_short(s['box'])} has no range for {', '.join(missing)}, "
-                          "which the energy or the cv uses")
+        box = _short(s["box"])
+        if "potential" in s and s["box"] == {k: list(v) for k, v in BUILTINS[s["potential"]].box.items()}:
+            box = f"{box} (the default box of {s['potential']})"
+        raise ConfigError(f"system.box: {box} has no range for {', '.join(missing)}, "
+                          "which the energy or the cv uses; give a box with a [low, high] range for it")
     point, on_edge = toy.grid_minimum()
-    energy_min = toy.energies(np.array([[point.get(c, 0.0) for c in "xyz"]]))[0]
+    with np.errstate(all="ignore"):
+        energy_min = toy.energies(np.array([[point.get(c, 0.0) for c in "xyz"]]))[0]
     if not np.isfinite(energy_min):
         raise ConfigError(f"system.energy: {_short(s['energy'] if 'energy' in s else s['potential'])} "
                           "is not finite anywhere in the box")
@@ -332,22 +416,28 @@ def _check_box(s: dict) -> None:
 def _check_molecule(s: dict) -> None:
     for key in ("potential", "energy", "box", "mass", "start"):
         if key in s:
-            raise ConfigError(f"system.{key}: only for toy systems, not for {s['type']}")
+            raise ConfigError(f"system.{key}: {_short(s[key])} is not allowed for {s['type']}; "
+                              f"{key} is only for toy systems")
     s.setdefault("solvent", "vacuum")
     s.setdefault("cv", list(MOLECULE_CVS))
-    for name, expr in _cv_items(s["cv"]):
-        if expr not in MOLECULE_CVS or name != expr:
-            raise ConfigError(f"system.cv: {_short(expr)} is not allowed for {s['type']}; allowed: phi, psi")
+    for item in (s["cv"] if isinstance(s["cv"], list) else [s["cv"]]):
+        if item not in MOLECULE_CVS:
+            raise ConfigError(f"system.cv: {_short(item)} is not allowed for {s['type']}; "
+                              "allowed: phi, psi or [phi, psi] (no expressions or renaming)")
     if len(set(_cv_items(s["cv"]))) != len(_cv_items(s["cv"])):
-        raise ConfigError(f"system.cv: {_short(s['cv'])} names a CV twice")
+        raise ConfigError(f"system.cv: {_short(s['cv'])} names a CV twice; give each of phi, psi at most once")
 
 
 def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     """Validate ``raw`` and return it with every default filled in (raises ConfigError)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"the config must be a mapping of keys to values, not {type(raw).__name__}")
+        what = "empty" if raw is None else f"a {type(raw).__name__} ({_short(raw)})"
+        raise ConfigError(f"the config is {what}; it must be a mapping of keys to values with at least "
+                          "campaign and system")
     config = copy.deepcopy(raw)
-    _fill_defaults(config, schema())
+    sch = schema()
+    _coerce_strings(config, sch, sch)
+    _fill_defaults(config, sch)
     _validate_schema(config)
     s = config["system"]
     if s["type"] == "toy":
@@ -364,7 +454,8 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     if ref not in ("exact", "none"):
         path = Path(ref) if base_dir is None or Path(ref).is_absolute() else base_dir / ref
         if not path.is_file():
-            raise ConfigError(f"analysis.reference: {ref!r} is not exact, none, or an existing fes.csv file")
+            raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: exact (toys), none, "
+                              f"or the path of an existing fes.csv file (no file at {str(path.absolute())!r})")
     smp = config["sampling"]
     if smp["report_interval"] > smp["steps"]:
         raise ConfigError(f"sampling.report_interval: {smp['report_interval']} is not allowed; it must be <= sampling.steps ({smp['steps']})")
@@ -381,8 +472,21 @@ def load_config(source: str | Path | dict, base_dir: Path | None = None) -> Camp
             raw = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read as text: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
     else:
         raw = source
     return Campaign(resolve(raw, base_dir))
+
+
+def _yaml_problem(exc) -> str:
+    """'line L, column C: what is wrong' from a PyYAML error (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if mark is None:
+        return problem
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: " + (f"{context}, " if context else "") + problem

@@ -111,9 +111,12 @@ def write_plots(campaign, fes_csv: Path, samples: list[Path], out_dir: Path) -> 
 
     from cgflow.analysis.plots import plot_cv_histogram, plot_fes, plot_walker_traces
 
-    names = list(campaign.system.cv_names)
+    unit = "nm" if campaign.system.is_toy else "rad"
+    labels = {name: f"{name} ({unit})" for name in campaign.system.cv_names}
+    names = list(labels.values())
     df, _ = read_samples(samples)
+    df = df.rename(columns=labels)
     title = f"{campaign.name}: {campaign.system.potential or campaign.system.type}"
-    plot_fes(pd.read_csv(fes_csv), names, out_dir / "fes.png", title=title)
+    plot_fes(pd.read_csv(fes_csv).rename(columns=labels), names, out_dir / "fes.png", title=title)
     plot_cv_histogram(df, names, out_dir / "cv_histogram.png")
     plot_walker_traces(df, names, out_dir / "walker_traces.png")

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Sampling throughput of cgflow's OpenMM set-ups, measured side by side in one process.
+
+* Toy walkers (Müller-Brown) as particles of one Context: walker-steps/s for 1, 64 and 1024
+  walkers on Reference and CPU (Threads=1), and the 1024/1 ratio that justifies sharing a Context.
+* Alanine dipeptide (vacuum, OBC2): steps/s and ns/day at 2 fs on CPU (Threads=1) pinned to one
+  core vs unpinned, and on Reference.
+
+Each number is the median of 3 timings of >= ~1 s (adaptive step count), each on a fresh Context
+after a warm-up (where the scheduler puts an unpinned worker thread varies per Context); every
+timing ends with ``getState(getEnergy=True)`` so asynchronous platforms are measured honestly.
+Run ``python tests/benchmarks/bench_sampling.py [--quick] [--json PATH]`` (``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import time
+
+TOY_WALKERS = (1, 64, 1024)
+TIMESTEP = 0.002  # ps
+TEMPERATURE = 300.0  # K
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _timed(context, integrator, n: int) -> float:
+    t0 = time.perf_counter()
+    integrator.step(n)
+    context.getState(getEnergy=True)  # waits for the platform to finish
+    return time.perf_counter() - t0
+
+
+def step_count(context, integrator, target_s: float) -> int:
+    """The number of steps that takes about ``target_s`` on this Context."""
+    n, elapsed = 10, _timed(context, integrator, 10)
+    while elapsed < 0.1 * target_s:
+        n *= 4
+        elapsed = _timed(context, integrator, n)
+    return max(n, round(n * target_s / elapsed))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short timings (smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    args = parser.parse_args(argv)
+
+    import openmm
+    import openmm.unit as u
+
+    from cgflow.io import write_json
+    from cgflow.sampling.engine import MDSettings, make_context
+    from cgflow.sampling.platform import pin_to_free_core, platform_properties
+    from cgflow.systems.alanine import AlanineDipeptide
+    from cgflow.systems.toy import BUILTINS, CV, ToySystem
+
+    target_s, warmup = (0.1, 50) if args.quick else (1.0, 200)
+    settings = MDSettings(TEMPERATURE, TIMESTEP, 1.0, steps=0, equilibration=0,
+                          report_interval=1, checkpoint_interval=1)
+    full_mask = os.sched_getaffinity(0)
+    core = pin_to_free_core()
+    pinned = {core}
+
+    def measure(system, n_walkers: int, platform: str, mask: set[int], repeats: int = 3) -> list[float]:
+        """Steps/s on ``repeats`` fresh Contexts (thread placement varies between them)."""
+        os.sched_setaffinity(0, mask)  # before the Context: its worker threads inherit the mask
+        rates, n = [], None
+        for _ in range(repeats):
+            context, integrator = make_context(system, n_walkers, settings, platform,
+                                               platform_properties(platform), seed=1)
+            context.setVelocitiesToTemperature(TEMPERATURE * u.kelvin, 1)
+            _timed(context, integrator, warmup)
+            n = n or step_count(context, integrator, target_s)
+            rates.append(n / _timed(context, integrator, n))
+            del context, integrator
+        os.sched_setaffinity(0, pinned)
+        return rates
+
+    machine = {
+        "nproc": os.cpu_count(), "affinity": sorted(full_mask), "pinned_core": core,
+        "cpu": cpu_model(), "openmm": openmm.__version__,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "quick": args.quick,
+    }
+    print(f"cgflow sampling benchmark  {machine['date']}{'  (--quick)' if args.quick else ''}")
+    print(f"machine: {machine['nproc']} CPUs ({machine['cpu']}), affinity {machine['affinity']}, "
+          f"pinned to core {core}; OpenMM {machine['openmm']}")
+    print(f"median of 3 timings of ~{target_s:g} s, each on a fresh Context after {warmup} warm-up steps\n")
+
+    mb = BUILTINS["muller_brown"]
+    toy_system = ToySystem(mb.energy, tuple(CV(c, c) for c in mb.cv), mb.box)
+    toy = {}
+    print("Toy walkers in one Context (Müller-Brown), walker-steps/s, pinned")
+    print(f"{'platform':<10}" + "".join(f"{f'{n} walkers':>14}" for n in TOY_WALKERS) + f"{'1024/1':>9}")
+    for platform in ("Reference", "CPU"):
+        rates = {n: n * statistics.median(measure(toy_system, n, platform, pinned)) for n in TOY_WALKERS}
+        ratio = rates[TOY_WALKERS[-1]] / rates[1]
+        toy[platform] = {"walker_steps_per_s": {str(n): r for n, r in rates.items()}, "ratio_1024_1": ratio}
+        print(f"{platform:<10}" + "".join(f"{r:14.4g}" for r in rates.values()) + f"{ratio:9.1f}")
+
+    ns_day = TIMESTEP * 86400 / 1000  # ns/day per step/s
+    cases = {"CPU pinned": ("CPU", pinned), "CPU unpinned": ("CPU", full_mask), "Reference": ("Reference", pinned)}
+    alanine, spread = {}, {}
+    print(f"\nAlanine dipeptide, steps/s (ns/day at {TIMESTEP * 1000:g} fs), CPU Threads=1")
+    print(f"{'solvent':<8}" + "".join(f"{c:>20}" for c in cases) + f"{'pinned/unpinned':>17}")
+    for solvent in ("vacuum", "obc2"):
+        system = AlanineDipeptide(solvent)
+        runs = {case: measure(system, 1, p, mask) for case, (p, mask) in cases.items()}
+        rates = {case: statistics.median(r) for case, r in runs.items()}
+        ratio = rates["CPU pinned"] / rates["CPU unpinned"]
+        alanine[solvent] = {"steps_per_s": rates, "ns_per_day": {c: r * ns_day for c, r in rates.items()},
+                            "pinned_over_unpinned": ratio, "runs_steps_per_s": runs}
+        cells = "".join(f"{f'{r:.0f} ({r * ns_day:.0f})':>20}" for r in rates.values())
+        print(f"{solvent:<8}{cells}{ratio:17.2f}")
+        spread[solvent] = "-".join(f"{r:.0f}" for r in (min(runs["CPU unpinned"]), max(runs["CPU unpinned"])))
+    print("CPU unpinned runs span " + ", ".join(f"{k} {v} steps/s" for k, v in spread.items())
+          + " (where the scheduler puts the worker thread decides it)")
+
+    if args.json:
+        write_json(args.json, {"machine": machine, "target_s": target_s, "warmup_steps": warmup,
+                               "toy_muller_brown": toy, "alanine_dipeptide": alanine})
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
