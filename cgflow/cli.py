@@ -42,7 +42,9 @@ def cmd_write_config(args) -> None:
 def cmd_sample(args) -> None:
     from cgflow.sampling.round import run
 
-    run(_campaign(args.config), args.round, Path(args.out_dir))
+    run(_campaign(args.config), args.round, Path(args.out_dir),
+        bias_path=Path(args.bias) if args.bias else None,
+        starts_path=Path(args.starts) if args.starts else None, steps=args.steps)
 
 
 def cmd_reference(args) -> None:
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="resolved campaign config")
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--out-dir", required=True, help="round folder; samples.parquet (and traj/) go here")
+    p.add_argument("--bias", help="bias.npz to apply (default: none)")
+    p.add_argument("--starts", help="starts.npz with walker start positions (default: the system's start)")
+    p.add_argument("--steps", type=int, help="steps per walker (default: sampling.steps)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reference", help="write the reference FES (exact quadrature for toys, or the given file)")

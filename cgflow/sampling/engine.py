@@ -68,35 +68,48 @@ def replicas(system, walkers: list[int]) -> list[list[int]]:
     return [[w] for w in walkers]
 
 
-def make_context(system, n_walkers: int, settings: MDSettings, platform: str, properties: dict, seed: int = 1):
-    """A Context at the system's start positions; the seed must reach the integrator before the
-    Context exists, as OpenMM reads it only then."""
+def make_context(system, n_walkers: int, settings: MDSettings, platform: str, properties: dict, seed: int = 1,
+                 bias=None, positions: np.ndarray | None = None):
+    """A Context (with the bias, if any) at ``positions`` (default: the system's start); the
+    seed must reach the integrator before the Context exists, as OpenMM reads it only then."""
     import openmm
     import openmm.unit as u
 
     omm_system = system.create_system(n_walkers) if system.shares_context else system.create_system()
+    if bias is not None:
+        if system.shares_context:
+            system.add_bias(omm_system, bias, n_walkers)
+        else:
+            system.add_bias(omm_system, bias)
     integrator = openmm.LangevinMiddleIntegrator(
         settings.temperature * u.kelvin, settings.friction / u.picosecond, settings.timestep * u.picoseconds
     )
     integrator.setRandomNumberSeed(seed)
     context = openmm.Context(omm_system, integrator, openmm.Platform.getPlatformByName(platform), properties)
-    positions = system.initial_positions(n_walkers) if system.shares_context else system.initial_positions()
+    if positions is None:
+        positions = system.initial_positions(n_walkers) if system.shares_context else system.initial_positions()
     context.setPositions(positions)
     return context, integrator
 
 
-def _observe(system, context, n_walkers: int):
-    """Positions (nm), CVs (n_walkers, d) and potential energies (n_walkers,) of the current state."""
+def _observe(system, context, bias):
+    """Positions (nm), CVs (n_walkers, d), FG potential and bias energies (n_walkers,), kJ/mol."""
     import openmm.unit as u
 
+    from cgflow.guidance.bias import FORCE_GROUP
+
+    kJ = u.kilojoule_per_mole
     if system.shares_context:
-        state = context.getState(getPositions=True)
-        pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        return pos, system.cv_values(pos), system.energies(pos)
-    state = context.getState(getPositions=True, getEnergy=True)
+        pos = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        cv = system.cv_values(pos)
+        return pos, cv, system.energies(pos), bias(cv) if bias is not None else np.zeros(len(pos))
+    state = context.getState(getPositions=True, getEnergy=True, groups=set(range(32)) - {FORCE_GROUP})
     pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-    energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-    return pos, system.cv_values(pos[None]), np.array([energy])
+    energy = state.getPotentialEnergy().value_in_unit(kJ)
+    bias_energy = 0.0
+    if bias is not None:
+        bias_energy = context.getState(getEnergy=True, groups={FORCE_GROUP}).getPotentialEnergy().value_in_unit(kJ)
+    return pos, system.cv_values(pos[None]), np.array([energy]), np.array([bias_energy])
 
 
 def _chunks(folder: Path) -> list[Path]:
@@ -104,11 +117,11 @@ def _chunks(folder: Path) -> list[Path]:
 
 
 def run_replica(system, walkers: list[int], settings: MDSettings, platform: str, properties: dict,
-                seed: int, folder: Path, progress=None) -> ReplicaFrames:
-    """Run (or resume) one replica in ``folder``; return all its frames."""
+                seed: int, folder: Path, progress=None, bias=None, start: np.ndarray | None = None) -> ReplicaFrames:
+    """Run (or resume) one replica in ``folder`` under ``bias`` from ``start`` (nm); return its frames."""
     folder.mkdir(parents=True, exist_ok=True)
     n = len(walkers)
-    context, integrator = make_context(system, n, settings, platform, properties, seed)
+    context, integrator = make_context(system, n, settings, platform, properties, seed, bias, start)
     done = _chunks(folder)
     total = settings.equilibration + settings.steps
     if done:
@@ -125,18 +138,19 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
     while step < total:
         t0 = time.perf_counter()
         end = min(total, (step // ci + 1) * ci)
-        steps, pos, cvs, pots = [], [], [], []
+        steps, pos, cvs, pots, biases = [], [], [], [], []
         while step < end:
             next_frame = eq + ((max(step - eq, 0) // ri) + 1) * ri
             target = min(end, next_frame)
             integrator.step(target - step)
             step = target
             if step > eq and (step - eq) % ri == 0:
-                p, c, e = _observe(system, context, n)
+                p, c, e, b = _observe(system, context, bias)
                 steps.append(step - eq)
                 pos.append(p)
                 cvs.append(c)
                 pots.append(e)
+                biases.append(b)
         wall = time.perf_counter() - t0
         n_particles = context.getSystem().getNumParticles()
         n_cv = len(system.cv_names)
@@ -149,6 +163,7 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
                     positions=np.asarray(pos, dtype=float).reshape(-1, n_particles, 3),
                     cv=np.asarray(cvs, dtype=float).reshape(-1, n, n_cv),
                     potential=np.asarray(pots, dtype=float).reshape(-1, n),
+                    bias=np.asarray(biases, dtype=float).reshape(-1, n),
                     wall_s=wall,
                     checkpoint=np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
                 )
@@ -159,7 +174,7 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
 
 
 def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
-    parts = {k: [] for k in ("step", "positions", "cv", "potential")}
+    parts = {k: [] for k in ("step", "positions", "cv", "potential", "bias")}
     wall = 0.0
     for chunk in _chunks(folder):
         with np.load(chunk) as data:
@@ -168,7 +183,7 @@ def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
             wall += float(data["wall_s"])
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return ReplicaFrames(walkers=walkers, step=cat["step"], positions=cat["positions"], cv=cat["cv"],
-                         potential=cat["potential"], bias=np.zeros_like(cat["potential"]), wall_s=wall)
+                         potential=cat["potential"], bias=cat["bias"], wall_s=wall)
 
 
 def open_workdir(workdir: Path, job: dict, choose_platform) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,23 +54,35 @@ class _Progress:
                  100 * finished / self.total, finished, self.total, rate, eta)
 
 
-def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size: int = 1):
-    """Run this rank's walkers for one round; return their frames (rank 0 gathers and writes)."""
+def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size: int = 1,
+                 bias=None, starts: np.ndarray | None = None, steps: int | None = None):
+    """Run this rank's walkers for one round under ``bias`` from ``starts`` (walkers, particles,
+    3; nm); return their frames and the platform (rank 0 gathers and writes)."""
     sampling = campaign.sampling
     system = campaign.system.build()
     settings = MDSettings.from_config(sampling)
+    if steps is not None:
+        settings = replace(settings, steps=steps)
     walkers = walker_block(sampling.walkers, size, rank)
     if sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference"):
         pin_to_free_core()
     workdir = Path(out_dir) / ".work" / f"rank-{rank:03d}-of-{size:03d}"
-    job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers}
+    job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers,
+           "steps": settings.steps, "bias": _digest(bias.values if bias is not None else None),
+           "starts": _digest(starts)}
     groups = replicas(system, walkers)
+
+    def start_of(group):
+        if starts is None:
+            return None
+        return starts[group, 0, :] if system.shares_context else starts[group[0]]
 
     def choose():
         n = len(groups[0]) if groups else 1
         return choose_platform(
             sampling.platform,
-            lambda name: make_context(system, n, settings, name, platform_properties(name)),
+            lambda name: make_context(system, n, settings, name, platform_properties(name), 1, bias,
+                                      start_of(groups[0]) if groups else None),
         )
 
     platform = open_workdir(workdir, job, choose)
@@ -78,10 +91,16 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     frames = [
         run_replica(system, group, settings, platform, properties,
                     replica_seed(campaign.seed, round_index, group[0]),
-                    workdir / f"replica-{group[0]:05d}", progress)
+                    workdir / f"replica-{group[0]:05d}", progress, bias, start_of(group))
         for group in groups
     ]
     return frames, platform
+
+
+def _digest(array) -> str | None:
+    import hashlib
+
+    return None if array is None else hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
 
 def frames_table(frames: list[ReplicaFrames], cv_names, timestep: float, toy: bool):
@@ -142,13 +161,21 @@ def write_trajectories(system, frames: list[ReplicaFrames], traj_dir: Path, time
     staging.rename(traj_dir)
 
 
-def run(campaign, round_index: int, out_dir: Path) -> Path:
-    """The ``cgflow sample`` action: sample, then write samples.parquet (and traj/) atomically."""
+def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None,
+        starts_path: Path | None = None, steps: int | None = None) -> Path:
+    """The ``cgflow sample`` action: sample under the bias in ``bias_path`` (if any) from the
+    walker starts in ``starts_path`` (if any), then write samples.parquet (and traj/) atomically."""
+    from cgflow.guidance.bias import BiasGrid
     from cgflow.sampling.mpi import world
 
     comm, rank, size = world()
     t0 = time.perf_counter()
-    frames, platform = sample_round(campaign, round_index, out_dir, rank, size)
+    bias = BiasGrid.load(bias_path) if bias_path else None
+    starts = None
+    if starts_path:
+        with np.load(starts_path) as data:
+            starts = data["positions"]
+    frames, platform = sample_round(campaign, round_index, out_dir, rank, size, bias, starts, steps)
     if comm is not None:
         gathered = comm.gather((frames, platform), root=0)
         if rank != 0:
@@ -163,7 +190,8 @@ def run(campaign, round_index: int, out_dir: Path) -> Path:
         "round": round_index,
         "platform": platform,
         "ranks": size,
-        "fg_steps": campaign.sampling.walkers * (campaign.sampling.steps + campaign.sampling.equilibration),
+        "fg_steps": campaign.sampling.walkers * ((steps or campaign.sampling.steps) + campaign.sampling.equilibration),
+        "bias": str(bias_path) if bias_path else None,
         "md_wall_s": sum(f.wall_s for f in frames),
         "wall_s": time.perf_counter() - t0,
         "versions": package_versions(),

@@ -84,6 +84,21 @@ class AlanineDipeptide:
         return app.ForceField(*files).createSystem(
             self.topology(), nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
 
+    def add_bias(self, system, grid) -> None:
+        """Add the tabulated bias of (phi, psi) as a CustomCVForce of torsions."""
+        import openmm
+
+        from cgflow.guidance.bias import FORCE_GROUP
+
+        force = openmm.CustomCVForce(f"bias({grid.clamped_arguments(list(self.cv_names))})")
+        for name in self.cv_names:
+            torsion = openmm.CustomTorsionForce("theta")
+            torsion.addTorsion(*_CV_ATOMS[name], [])
+            force.addCollectiveVariable(name, torsion)
+        force.addTabulatedFunction("bias", grid.tabulated_function())
+        force.setForceGroup(FORCE_GROUP)
+        system.addForce(force)
+
     def initial_positions(self) -> numpy.ndarray:
         """The shipped C7eq minimum, (22, 3) float64 in nm (a fresh copy)."""
         from openmm import unit

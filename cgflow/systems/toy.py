@@ -139,6 +139,20 @@ class ToySystem:
         system.addForce(force)
         return system
 
+    def add_bias(self, system, grid, n_walkers: int) -> None:
+        """Add the tabulated bias of the CVs to every walker (one single-particle 'bond' each)."""
+        import openmm
+
+        from cgflow.guidance.bias import FORCE_GROUP
+
+        args = grid.clamped_arguments([cv.expression for cv in self.cvs])
+        force = openmm.CustomCompoundBondForce(1, f"bias({args}); x=x1; y=y1; z=z1")
+        force.addTabulatedFunction("bias", grid.tabulated_function())
+        for i in range(n_walkers):
+            force.addBond([i], [])
+        force.setForceGroup(FORCE_GROUP)
+        system.addForce(force)
+
     def initial_positions(self, n_walkers: int) -> np.ndarray:
         """All walkers start at ``start`` (default: the lowest grid point of the box), nm."""
         point = self.start if self.start is not None else self.grid_minimum()[0]

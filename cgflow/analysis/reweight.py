@@ -1,0 +1,74 @@
+"""Unbiased weights for the samples of all rounds, by MBAR over the rounds' biases.
+
+Round k samples exp(-(U + V_k)/kT), a thermodynamic state that differs from the others by
+its bias only, so the reduced potentials MBAR needs are u_k(s_n) = V_k(s_n)/kT (the FG
+potential cancels). The unbiased weight of frame n is 1 / sum_k N_k exp(f_k - u_k(s_n)).
+pymbar solves for the f_k; a solution that is not self-consistent stops the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reweighting:
+    """Normalised unbiased weights per frame, and per-round diagnostics."""
+
+    weights: np.ndarray  # (n,), sum 1
+    f_k: np.ndarray  # dimensionless free energies of the rounds' biased states, f_0 = 0
+    n_k: np.ndarray  # frames per round
+    ess: float  # Kish effective sample size of all weights
+    ess_per_round: np.ndarray  # Kish ESS of each round's share of the weights
+    overlap: float | None  # MBAR overlap scalar (second-largest eigenvalue gap), None for one state
+
+
+def kish(w: np.ndarray) -> float:
+    """Kish effective sample size (sum w)^2 / sum w^2."""
+    s = w.sum()
+    return float(s * s / np.dot(w, w)) if s > 0 else 0.0
+
+
+def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, tolerance: float = 1e-6) -> Reweighting:
+    """``biases[k]`` is the bias (a callable on CV values, kJ/mol, or None) that round k sampled."""
+    rounds = np.asarray(rounds)
+    states = np.arange(len(biases))
+    n_k = np.array([np.sum(rounds == k) for k in states])
+    if n_k.sum() != len(cv):
+        raise ValueError("every frame must belong to one of the rounds given")
+    u_kn = np.stack([np.zeros(len(cv)) if b is None else b(cv) / kT for b in biases])
+    if not np.isfinite(u_kn).all():
+        raise ValueError("a bias is not finite at some sampled CV value")
+    sampled = n_k > 0
+    overlap = None
+    if np.ptp(u_kn, axis=0).max() == 0:
+        f_k = np.zeros(len(biases))
+    else:
+        import pymbar
+
+        mbar = pymbar.MBAR(u_kn[sampled], n_k[sampled], solver_protocol="robust")
+        f_k = np.full(len(biases), np.nan)
+        f_k[sampled] = mbar.f_k
+        overlap = float(mbar.compute_overlap()["scalar"])
+    log_w = -logsumexp(f_k[sampled, None] - u_kn[sampled] + np.log(n_k[sampled, None]), axis=0)
+    log_w -= logsumexp(log_w)
+    check = -logsumexp(log_w[None, :] - u_kn[sampled], axis=1)
+    check -= check[0]
+    if not np.allclose(check, f_k[sampled] - f_k[sampled][0], atol=tolerance, rtol=0):
+        raise RuntimeError(
+            "MBAR did not converge: the round free energies are not self-consistent "
+            f"(max error {np.max(np.abs(check - f_k[sampled] + f_k[sampled][0])):.2e} kT); "
+            "the rounds may not overlap - check the bias and the per-round ESS"
+        )
+    w = np.exp(log_w)
+    ess_round = np.array([kish(w[rounds == k]) for k in states])
+    result = Reweighting(w, f_k - f_k[sampled][0], n_k, kish(w), ess_round, overlap)
+    log.info("MBAR over %d rounds: f_k = %s kT, ESS %.0f of %d frames, overlap %s",
+             len(biases), np.round(result.f_k, 3), result.ess, len(w), overlap)
+    return result
