@@ -25,6 +25,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/guide.smk"
 include: "workflow/rules/analyze.smk"
 
 

@@ -47,6 +47,30 @@ def cmd_sample(args) -> None:
         starts_path=Path(args.starts) if args.starts else None, steps=args.steps)
 
 
+def _optional_paths(values):
+    return [None if v == "none" else Path(v) for v in values]
+
+
+def cmd_reweight(args) -> None:
+    from cgflow.analysis.reweight import write_weights
+
+    write_weights(_campaign(args.config), [Path(p) for p in args.samples], _optional_paths(args.biases), Path(args.out))
+
+
+def cmd_train(args) -> None:
+    from cgflow.training.campaign import train_round
+
+    train_round(_campaign(args.config), args.round, [Path(p) for p in args.samples], Path(args.weights),
+                Path(args.out), Path(args.history))
+
+
+def cmd_guide(args) -> None:
+    from cgflow.guidance.campaign import guide_round
+
+    guide_round(_campaign(args.config), args.round, Path(args.model), [Path(p) for p in args.samples],
+                Path(args.weights), Path(args.bias), Path(args.starts), Path(args.report))
+
+
 def cmd_reference(args) -> None:
     from cgflow.analysis.campaign import write_reference
 
@@ -54,14 +78,17 @@ def cmd_reference(args) -> None:
 
 
 def cmd_fes(args) -> None:
-    from cgflow.analysis.campaign import write_fes
+    from cgflow.analysis.report import write_fes
 
-    write_fes(_campaign(args.config), [Path(p) for p in args.samples],
-              Path(args.reference) if args.reference else None, Path(args.out), Path(args.summary))
+    paths = lambda values: [Path(p) for p in values or []]  # noqa: E731
+    write_fes(_campaign(args.config), paths(args.samples), paths(args.weights), Path(args.model),
+              paths(args.train_reports), paths(args.guide_reports),
+              Path(args.reference) if args.reference else None,
+              Path(args.convergence) if args.convergence else None, Path(args.out), Path(args.summary))
 
 
 def cmd_plot(args) -> None:
-    from cgflow.analysis.campaign import write_plots
+    from cgflow.analysis.report import write_plots
 
     write_plots(_campaign(args.config), Path(args.fes), [Path(p) for p in args.samples], Path(args.out_dir))
 
@@ -90,6 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per walker (default: sampling.steps)")
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("reweight", help="MBAR weights of all frames of rounds 0..k (one state per round's bias)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--samples", nargs="+", required=True, help="samples.parquet of rounds 0..k, in order")
+    p.add_argument("--biases", nargs="+", required=True, help="the bias.npz each round sampled, or none")
+    p.add_argument("--out", required=True, help="weights.parquet")
+    p.set_defaults(func=cmd_reweight)
+
+    p = sub.add_parser("train", help="fit round k's CG model ensemble to the reweighted FG samples")
+    p.add_argument("--config", required=True)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--out", required=True, help="cg.pt")
+    p.add_argument("--history", required=True, help="training curve and metadata (JSON)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("guide", help="the bias and walker starts of round k+1 from round k's CG model")
+    p.add_argument("--config", required=True)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--model", required=True, help="round k's cg.pt")
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--bias", required=True, help="bias.npz out")
+    p.add_argument("--starts", required=True, help="starts.npz out")
+    p.add_argument("--report", required=True, help="guide.json out (diagnostics)")
+    p.set_defaults(func=cmd_guide)
+
     p = sub.add_parser("reference", help="write the reference FES (exact quadrature for toys, or the given file)")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
@@ -97,8 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fes", help="free-energy surface with error bars from all rounds' samples")
     p.add_argument("--config", required=True)
-    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--samples", nargs="+", required=True, help="samples.parquet of rounds 0..N")
+    p.add_argument("--weights", nargs="+", required=True, help="weights.parquet of rounds 0..N")
+    p.add_argument("--model", required=True, help="the last round's cg.pt")
+    p.add_argument("--train-reports", nargs="*", help="train.json of rounds 0..N")
+    p.add_argument("--guide-reports", nargs="*", help="guide.json of rounds 0..N-1")
     p.add_argument("--reference")
+    p.add_argument("--convergence", help="convergence.json")
     p.add_argument("--out", required=True, help="fes.csv")
     p.add_argument("--summary", required=True, help="summary.json")
     p.set_defaults(func=cmd_fes)

@@ -205,6 +205,28 @@ class AnalysisConfig:
     reference: str
     bootstrap: int
     rmse_cutoff_kT: float
+    peers: tuple[str, ...]
+    metadynamics: dict
+    budget_points: int
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    rounds: int
+    gamma: float
+    ensemble: int
+    hidden: tuple[int, ...]
+    train_steps: int
+    learning_rate: float
+    model_average: str
+    model_grid: int
+    bias_grid: int
+    bias_basis: int
+    bias_steps: int
+    e0: float
+    e1: float
+    seed_fraction: float
+    initial_bias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,7 +313,19 @@ class Campaign:
         bins = a.pop("bins")
         n = len(self.system.cvs)
         a["bins"] = tuple(bins) if isinstance(bins, list) else (bins,) * n
+        a["peers"] = tuple(a["peers"])
         return AnalysisConfig(**a)
+
+    @cached_property
+    def guidance(self) -> GuidanceConfig:
+        g = dict(self.resolved["guidance"])
+        g["hidden"] = tuple(g["hidden"])
+        return GuidanceConfig(**g)
+
+    @property
+    def rounds(self) -> list[int]:
+        """All sampling rounds, 0..N."""
+        return list(range(self.guidance.rounds + 1))
 
 
 def _toy_energy(s: dict) -> str:
@@ -456,6 +490,21 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
         if not path.is_file():
             raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: exact (toys), none, "
                               f"or the path of an existing fes.csv file (no file at {str(path.absolute())!r})")
+    g = config["guidance"]
+    g.setdefault("gamma", 8.0 if s["type"] == "toy" else 6.0)
+    if g["e1"] <= g["e0"]:
+        raise ConfigError(f"guidance.e1: {g['e1']} is not allowed; it must be > guidance.e0 ({g['e0']})")
+    if len(_cv_items(s["cv"])) > 1 and g["model_grid"] ** len(_cv_items(s["cv"])) > 2_000_000:
+        raise ConfigError(f"guidance.model_grid: {g['model_grid']} is too fine for {len(_cv_items(s['cv']))} CVs; "
+                          "keep model_grid^n_cvs <= 2e6")
+    if "initial_bias" in g:
+        path = Path(g["initial_bias"]) if base_dir is None else base_dir / g["initial_bias"]
+        if not path.is_file():
+            raise ConfigError(f"guidance.initial_bias: {g['initial_bias']!r} is not an existing bias.npz file "
+                              f"(no file at {str(path.absolute())!r})")
+        g["initial_bias"] = str(path.absolute())
+    if ref not in ("exact", "none"):
+        config["analysis"]["reference"] = str(path.absolute())
     smp = config["sampling"]
     if smp["report_interval"] > smp["steps"]:
         raise ConfigError(f"sampling.report_interval: {smp['report_interval']} is not allowed; it must be <= sampling.steps ({smp['steps']})")

@@ -74,3 +74,22 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def write_parquet(table, path: str | os.PathLike, provenance: dict) -> None:
+    """Write a DataFrame as parquet with ``provenance`` (JSON) in the metadata key ``cgflow``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"cgflow"] = json.dumps(provenance).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+
+
+def read_provenance(path: str | os.PathLike) -> dict:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"cgflow", b"{}"))

@@ -72,3 +72,34 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
     log.info("MBAR over %d rounds: f_k = %s kT, ESS %.0f of %d frames, overlap %s",
              len(biases), np.round(result.f_k, 3), result.ess, len(w), overlap)
     return result
+
+
+def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
+    """MBAR weights of every frame of the given rounds -> parquet (round, walker, step, weight)
+    with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
+    from cgflow.analysis.campaign import read_samples
+    from cgflow.guidance.bias import BiasGrid
+    from cgflow.io import write_parquet
+
+    df, _ = read_samples(sample_paths)
+    biases = [BiasGrid.load(p) if p else None for p in bias_paths]
+    rw = mbar_weights(df[list(campaign.system.cv_names)].to_numpy(), df["round"].to_numpy(), biases,
+                      campaign.sampling.kT)
+    table = df[["round", "walker", "step"]].assign(weight=rw.weights)
+    write_parquet(table, out, {
+        "f_k": rw.f_k.tolist(), "n_k": rw.n_k.tolist(), "ess": rw.ess,
+        "ess_per_round": rw.ess_per_round.tolist(), "overlap": rw.overlap,
+        "biases": [str(p) if p else None for p in bias_paths],
+    })
+    return rw
+
+
+def attach_weights(samples, weights_path):
+    """``samples`` (with a round column) joined with the weights of ``weights_path``."""
+    import pandas as pd
+
+    weights = pd.read_parquet(weights_path)
+    merged = samples.merge(weights, on=["round", "walker", "step"], how="left", validate="one_to_one")
+    if merged["weight"].isna().any():
+        raise ValueError(f"{weights_path} has no weight for some frames: it belongs to other samples")
+    return merged

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path, package_versions
+from cgflow.io import package_versions, write_parquet
 from cgflow.sampling.engine import MDSettings, ReplicaFrames, make_context, open_workdir, replica_seed, replicas, run_replica
 from cgflow.sampling.platform import choose_platform, pin_to_free_core, platform_properties
 
@@ -125,24 +125,6 @@ def frames_table(frames: list[ReplicaFrames], cv_names, timestep: float, toy: bo
         parts.append(pd.DataFrame(cols))
     table = pd.concat(parts, ignore_index=True)
     return table.sort_values(["walker", "step"], kind="stable").reset_index(drop=True)
-
-
-def write_parquet(table, path: Path, provenance: dict) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta[b"cgflow"] = json.dumps(provenance).encode()
-    with atomic_path(path) as tmp:
-        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-
-
-def read_provenance(path: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta.get(b"cgflow", b"{}"))
 
 
 def write_trajectories(system, frames: list[ReplicaFrames], traj_dir: Path, timestep: float) -> None:

@@ -16,7 +16,8 @@ import yaml
 
 from cgflow.analysis.campaign import cv_edges
 from cgflow.analysis.fes import compare_to_reference, histogram_fes
-from cgflow.sampling.round import read_provenance, run, walker_block
+from cgflow.io import read_provenance
+from cgflow.sampling.round import run, walker_block
 
 
 def _rmse_vs_exact(campaign, samples: pd.DataFrame, cutoff_kT: float) -> dict:

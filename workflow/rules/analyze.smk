@@ -1,4 +1,4 @@
-"""Free-energy analysis: reference, FES with error bars, summary, plots."""
+"""Free-energy analysis: reference, FES with error bars over all rounds, summary, plots."""
 
 
 rule reference:
@@ -20,20 +20,26 @@ rule fes:
     input:
         config=CONFIG_FILE,
         samples=[f"{round_dir(k)}/samples.parquet" for k in ROUNDS],
+        weights=[f"{round_dir(k)}/weights.parquet" for k in ROUNDS],
+        model=f"{round_dir(LAST)}/cg.pt",
+        train_reports=[f"{round_dir(k)}/train.json" for k in ROUNDS],
+        guide_reports=[f"{round_dir(k)}/guide.json" for k in ROUNDS[:-1]],
         reference=f"{RESULTS}/reference.csv" if has_reference() else [],
     output:
         fes=report(f"{RESULTS}/fes.csv", caption="../report/fes_csv.rst", category="Free energy"),
         summary=report(f"{RESULTS}/summary.json", caption="../report/summary.rst", category="Free energy"),
     params:
         reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
+        guide=lambda wildcards, input: f"--guide-reports {input.guide_reports}" if input.guide_reports else "",
     log:
         f"{RESULTS}/logs/fes.log",
     conda:
         ENV
     message:
-        f"Free-energy surface from {len(ROUNDS)} round(s) of samples"
+        f"Free-energy surface (MBAR) over {len(ROUNDS)} round(s), beside the CG model's"
     shell:
-        "cgflow fes --config {input.config} --samples {input.samples} {params.reference} "
+        "cgflow fes --config {input.config} --samples {input.samples} --weights {input.weights} "
+        "--model {input.model} --train-reports {input.train_reports} {params.guide} {params.reference} "
         "--out {output.fes} --summary {output.summary} > {log} 2>&1"
 
 

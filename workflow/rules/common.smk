@@ -7,18 +7,59 @@ from pathlib import Path
 from cgflow.config import ConfigError, load_config
 
 try:
-    CAMPAIGN = load_config(config, base_dir=Path(workflow.basedir))
+    CAMPAIGN = load_config(config)
 except ConfigError as exc:
     sys.exit(f"cgflow: bad config: {exc}")
 
 RESULTS = f"results/{CAMPAIGN.name}"
 CONFIG_FILE = f"{RESULTS}/config.yaml"
-ROUNDS = [0]
+ROUNDS = CAMPAIGN.rounds
+LAST = ROUNDS[-1]
 ENV = "../../envs/cgflow.yaml"
 
 
 def round_dir(k):
     return f"{RESULTS}/round-{k:02d}"
+
+
+def applied_bias(k):
+    """The bias round k samples under (None: unbiased)."""
+    if k == 0:
+        return CAMPAIGN.guidance.initial_bias
+    return f"{round_dir(k - 1)}/bias.npz"
+
+
+def round_inputs(wildcards):
+    """Samples and applied biases of rounds 0..k, for reweighting, training and guidance."""
+    k = int(wildcards.round)
+    return {
+        "samples": [f"{round_dir(j)}/samples.parquet" for j in range(k + 1)],
+        "biases": [b for b in map(applied_bias, range(k + 1)) if b],
+    }
+
+
+def bias_args(wildcards):
+    k = int(wildcards.round)
+    return " ".join(applied_bias(j) or "none" for j in range(k + 1))
+
+
+def sample_inputs(wildcards):
+    k = int(wildcards.round)
+    out = {"config": ancient(CONFIG_FILE)}
+    if applied_bias(k):
+        out["bias"] = applied_bias(k)
+    if k > 0:
+        out["starts"] = f"{round_dir(k - 1)}/starts.npz"
+    return out
+
+
+def sample_args(wildcards, input):
+    args = []
+    if "bias" in input.keys():
+        args.append(f"--bias {input.bias}")
+    if "starts" in input.keys():
+        args.append(f"--starts {input.starts}")
+    return " ".join(args)
 
 
 def has_reference():

@@ -18,14 +18,16 @@ rule campaign_config:
 
 rule sample:
     input:
-        # the sampling hash below decides reruns; analysis-only config changes keep the samples
-        config=ancient(CONFIG_FILE),
+        # config is ancient(): the sampling hash below decides reruns, so analysis-only
+        # config changes keep the samples
+        unpack(sample_inputs),
     output:
         **sample_outputs(),
     params:
         sampling_hash=CAMPAIGN.stage_hash("sampling"),
         round=lambda wildcards: int(wildcards.round),
         out_dir=lambda wildcards, output: Path(output.samples).parent,
+        extra=sample_args,
     wildcard_constraints:
         round=r"\d\d",
     threads: 1
@@ -36,4 +38,5 @@ rule sample:
     message:
         "FG sampling, round {wildcards.round}: {CAMPAIGN.sampling.walkers} walkers x {CAMPAIGN.sampling.steps} steps"
     shell:
-        "cgflow sample --config {input.config} --round {params.round} --out-dir {params.out_dir} > {log} 2>&1"
+        "cgflow sample --config {input.config} --round {params.round} --out-dir {params.out_dir} "
+        "{params.extra} > {log} 2>&1"

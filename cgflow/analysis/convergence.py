@@ -1,0 +1,215 @@
+"""Convergence curves: FES error against the reference as a function of FG steps spent.
+
+cgflow and its peers (METHODS.md, reference systems) get the same FG budget B = (N+1) * walkers
+* (steps + equilibration) and the same walkers; each is scored at the same budget points, j/J
+of B for j = 1..J, J = (N+1) * analysis.budget_points (:func:`budget_schedule`). At a budget
+point each method's FES is the one it could report had it stopped there:
+
+- cgflow: the full rounds before the current one and, of the current round, each walker's
+  frames up to its share of the budget, reweighted by MBAR over the rounds included (round k's
+  bias is the bias path in its samples' provenance; None means unbiased);
+- unbiased MD: each walker's frames up to its share of the budget;
+- metadynamics: its free-energy snapshot at that budget (from the bias, not from histograms).
+
+The score is :func:`cgflow.analysis.fes.compare_to_reference` (RMSE in kT over the bins where
+the reference is below ``analysis.rmse_cutoff_kT``; unvisited bins count at the detection
+limit). ``coverage`` is the fraction of those bins the method's walkers visited.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cgflow.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["method", "fg_steps", "rmse_kT", "coverage"]
+TOY_TARGET_KT = 0.5
+MOLECULE_TARGET_KJMOL = 1.0
+
+
+def budget_schedule(campaign) -> np.ndarray:
+    """Per-walker FG steps at the budget points, j * (N+1)*(steps+equilibration) // J for
+    j = 1..J, J = (N+1) * budget_points: increasing, each round's end among them, the last the
+    whole per-walker budget (points less than a step apart merge, so there may be fewer than J).
+    Total FG steps are ``walkers`` times these."""
+    s = campaign.sampling
+    n_rounds = campaign.guidance.rounds + 1
+    n_points = n_rounds * campaign.analysis.budget_points
+    steps = np.arange(1, n_points + 1, dtype=np.int64) * (n_rounds * (s.steps + s.equilibration)) // n_points
+    return np.unique(steps[steps > 0])
+
+
+def target_kT(campaign) -> float:
+    """The RMSE a method must reach: 0.5 kT for toys, 1 kJ/mol for molecules."""
+    return TOY_TARGET_KT if campaign.system.is_toy else MOLECULE_TARGET_KJMOL / campaign.sampling.kT
+
+
+def _score(campaign, cv: np.ndarray, reference_F, weights=None) -> tuple[float, float]:
+    """(rmse_kT, coverage) of the histogram FES of ``cv``; (NaN, 0) with no samples yet."""
+    from cgflow.analysis.campaign import cv_edges
+    from cgflow.analysis.fes import compare_to_reference, histogram_fes
+
+    kT = campaign.sampling.kT
+    if len(cv) == 0:
+        return math.nan, 0.0
+    # only F and its detection limit are used: the fewest bootstrap replicas allowed
+    fes = histogram_fes(cv, cv_edges(campaign), kT, weights=weights, n_bootstrap=2, seed=campaign.seed)
+    score = compare_to_reference(fes, reference_F, kT, campaign.analysis.rmse_cutoff_kT)
+    return score["rmse_kT"], score["coverage"]
+
+
+def _curve(method: str, rows: list[tuple[int, float, float]]):
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=COLUMNS[1:])
+    frame.insert(0, "method", method)
+    return frame.astype({"fg_steps": "int64", "rmse_kT": float, "coverage": float})
+
+
+def curve_rounds(campaign, sample_paths, reference_F):
+    """cgflow's curve from its rounds' samples.parquet files; it stops at the last budget point
+    the given rounds cover (rounds are recognised by the 'round' of their provenance)."""
+    from cgflow.analysis.campaign import read_samples
+    from cgflow.analysis.reweight import mbar_weights
+    from cgflow.guidance.bias import BiasGrid
+
+    s = campaign.sampling
+    names = list(campaign.system.cv_names)
+    df, prov = read_samples([Path(p) for p in sample_paths])
+    bias_of = {int(p["round"]): p.get("bias") for p in prov}
+    loaded = {k: BiasGrid.load(path) if path else None for k, path in bias_of.items()}
+    per_round = s.steps + s.equilibration
+    rows = []
+    for t in budget_schedule(campaign):
+        current = int((t - 1) // per_round)
+        if any(k not in loaded for k in range(current + 1)):
+            break
+        share = int(t - current * per_round) - s.equilibration
+        take = (df["round"] < current) | ((df["round"] == current) & (df["step"] <= share))
+        part = df[take]
+        included = sorted(part["round"].unique())
+        index = {k: i for i, k in enumerate(included)}
+        cv, weights = part[names].to_numpy(), None
+        if len(part):
+            weights = mbar_weights(cv, part["round"].map(index).to_numpy(), [loaded[k] for k in included], s.kT).weights
+        rows.append((int(t) * s.walkers, *_score(campaign, cv, reference_F, weights)))
+    return _curve("cgflow", rows)
+
+
+def curve_unbiased(campaign, path, reference_F):
+    """The unbiased peer's curve: at per-walker budget t, each walker's frames with production
+    step <= t - equilibration (the run equilibrates once, then samples)."""
+    import pandas as pd
+
+    s = campaign.sampling
+    names = list(campaign.system.cv_names)
+    df = pd.read_parquet(path, columns=["step", *names])
+    rows = []
+    for t in budget_schedule(campaign):
+        part = df[df["step"] <= t - s.equilibration]
+        rows.append((int(t) * s.walkers, *_score(campaign, part[names].to_numpy(), reference_F)))
+    return _curve("unbiased", rows)
+
+
+def curve_metadynamics(campaign, snapshots_path, reference_F):
+    """The metadynamics peer's curve from its free-energy snapshots; coverage is the fraction of
+    the reference's bins below the cutoff that the walkers' saved frames had visited by then."""
+    from cgflow.analysis.campaign import cv_edges
+    from cgflow.analysis.fes import FES, compare_to_reference
+    from cgflow.sampling.metadynamics import read_snapshots
+
+    kT, cutoff = campaign.sampling.kT, campaign.analysis.rmse_cutoff_kT
+    snap = read_snapshots(snapshots_path)
+    if any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(snap["edges"], cv_edges(campaign))):
+        raise ValueError(f"{snapshots_path} is on other bins than analysis.bins gives; rerun the metadynamics peer")
+    F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
+    region = F_ref - np.nanmin(F_ref) < cutoff * kT
+    rows = []
+    for budget, F, counts in zip(snap["budget_steps"], snap["F"], snap["counts"]):
+        fes = FES(edges=tuple(snap["edges"]), F=F, F_err=np.full_like(F, np.nan))
+        rmse = compare_to_reference(fes, reference_F, kT, cutoff)["rmse_kT"]
+        rows.append((int(budget), rmse, float(np.sum(region & (counts > 0)) / region.sum())))
+    return _curve("metadynamics", rows)
+
+
+def steps_to_target(curve, target_kT: float) -> int | None:
+    """FG steps at the first budget point where rmse_kT <= target_kT; None if it never gets there."""
+    hit = curve.sort_values("fg_steps")
+    hit = hit[hit["rmse_kT"] <= target_kT]
+    return int(hit["fg_steps"].iloc[0]) if len(hit) else None
+
+
+PEER_FILES = {"unbiased": "samples.parquet", "metadynamics": "fes_snapshots.npz"}
+
+
+def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, out_csv, plot_png) -> dict:
+    """Curves of cgflow (``sample_paths``, its rounds) and of the peers (``peer_paths``: method ->
+    the peer's out_dir or file) against the reference fes.csv; write ``out_csv`` (one row per
+    method and budget point) and ``plot_png``; return the summary: per method its curve
+    ([[fg_steps, rmse_kT], ...], None for a budget with no estimate) and steps_to_target, and
+    target_kT."""
+    import pandas as pd
+
+    from cgflow.analysis.fes import read_fes_csv
+
+    reference = read_fes_csv(reference_csv, list(campaign.system.cv_names)).F
+    curves = [curve_rounds(campaign, sample_paths, reference)] if sample_paths else []
+    for method, where in peer_paths.items():
+        path = Path(where) / PEER_FILES[method] if Path(where).is_dir() else Path(where)
+        make = {"unbiased": curve_unbiased, "metadynamics": curve_metadynamics}[method]
+        curves.append(make(campaign, path, reference))
+    table = pd.concat(curves, ignore_index=True)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    target = target_kT(campaign)
+    _plot(table, target, plot_png, f"{campaign.name}: {campaign.system.potential or campaign.system.type}")
+    summary = {"target_kT": target}
+    for method, curve in table.groupby("method", sort=False):
+        points = zip(curve["fg_steps"], curve["rmse_kT"])
+        summary[method] = {"curve": [[int(b), None if math.isnan(r) else float(r)] for b, r in points],
+                           "steps_to_target": steps_to_target(curve, target)}
+        log.info("%s: %s FG steps to %.3g kT", method, summary[method]["steps_to_target"], target)
+    return summary
+
+
+def _plot(table, target: float, path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for method, curve in table.groupby("method", sort=False):
+        ax.plot(curve["fg_steps"], curve["rmse_kT"], marker="o", label=method)
+    ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:.3g} kT")
+    ax.set_xscale("log")
+    ax.set_xlabel("FG steps")
+    ax.set_ylabel("FES RMSE vs reference (kT)")
+    ax.set_title(title)
+    ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+
+
+def cli_convergence(args) -> None:
+    """``cgflow convergence --config C --samples ... --peer NAME=DIR ... --reference R --out CSV
+    --plot PNG --summary-json J``."""
+    from cgflow.config import load_config
+    from cgflow.io import write_json
+
+    peers = {}
+    for item in args.peer or []:
+        name, _, where = item.partition("=")
+        if name not in PEER_FILES or not where:
+            raise SystemExit(f"cgflow convergence: --peer {item!r} is not allowed; give NAME=DIR with NAME one of "
+                             f"{', '.join(PEER_FILES)}")
+        peers[name] = Path(where)
+    summary = write_convergence(load_config(Path(args.config)), [Path(p) for p in args.samples or []], peers,
+                                Path(args.reference), Path(args.out), Path(args.plot))
+    write_json(args.summary_json, summary)

@@ -1,0 +1,140 @@
+"""The campaign's final results: fes.csv (MBAR over all rounds, beside the CG model's own free
+energy and the reference), summary.json (headline figures, per-round diagnostics,
+convergence, provenance) and the plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cgflow.analysis.campaign import cv_edges, read_samples
+from cgflow.analysis.fes import compare_to_reference, fes_frame, histogram_fes, read_fes_csv, write_fes_csv
+from cgflow.io import package_versions, read_provenance, write_json
+
+log = logging.getLogger(__name__)
+
+
+def round_fes(campaign, df, weights_path: Path):
+    """The MBAR FES from the frames and weights of one round's weights.parquet."""
+    from cgflow.analysis.reweight import attach_weights
+
+    names = list(campaign.system.cv_names)
+    part = attach_weights(df[df["round"].isin(_rounds_in(weights_path))], weights_path)
+    blocks = part["round"].to_numpy() * (campaign.sampling.walkers + 1) + part["walker"].to_numpy()
+    return histogram_fes(part[names].to_numpy(), cv_edges(campaign), campaign.sampling.kT,
+                         weights=part["weight"].to_numpy(), blocks=blocks,
+                         n_bootstrap=campaign.analysis.bootstrap, seed=campaign.seed)
+
+
+def _rounds_in(weights_path: Path) -> list[int]:
+    return list(range(len(read_provenance(weights_path)["n_k"])))
+
+
+def cg_fes(campaign, model_path: Path) -> np.ndarray:
+    """The CG ensemble's mean free energy at the analysis bin centres, kJ/mol, min 0."""
+    from cgflow.guidance.campaign import ensemble_at
+    from cgflow.models.cv_energy import load
+    from cgflow.training.campaign import model_grid
+
+    model, _ = load(model_path)
+    edges = cv_edges(campaign)
+    centres = np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges], indexing="ij")
+    points = np.stack([c.ravel() for c in centres], axis=-1)
+    F, _ = ensemble_at(model, model_grid(campaign), campaign.sampling.kT, points)
+    F = F.reshape(centres[0].shape)
+    return F - F.min()
+
+
+def _json(path: Path | None) -> dict:
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, train_reports: list[Path],
+              guide_reports: list[Path], reference: Path | None, convergence: Path | None,
+              out: Path, summary: Path) -> None:
+    t0 = time.perf_counter()
+    names = list(campaign.system.cv_names)
+    kT, cutoff = campaign.sampling.kT, campaign.analysis.rmse_cutoff_kT
+    df, prov = read_samples(samples)
+    ref = read_fes_csv(reference, names) if reference else None
+    per_round = [round_fes(campaign, df, w) for w in weights]
+    fes = per_round[-1]
+    frame = fes_frame(fes, names, ref)
+    F_cg = cg_fes(campaign, model)
+    frame.insert(frame.columns.get_loc("F_err_kJmol") + 1, "F_cg_kJmol", F_cg.ravel())
+    write_fes_csv(frame, out)
+
+    rounds = []
+    for k, (w, fk) in enumerate(zip(weights, per_round)):
+        meta = read_provenance(w)
+        entry = {"round": k, "fg_steps": int(sum(p["fg_steps"] for p in prov[: k + 1])),
+                 "mbar_ess": meta["ess"], "mbar_ess_per_round": meta["ess_per_round"],
+                 "mbar_overlap": meta["overlap"],
+                 "fes_change_kT": None if k == 0 else _change(fk, per_round[k - 1], kT, cutoff)}
+        if ref is not None:
+            entry["rmse_vs_reference_kT"] = compare_to_reference(fk, ref, kT, cutoff)["rmse_kT"]
+        if k < len(guide_reports):
+            entry["gap_cg_vs_policy_kT"] = _json(guide_reports[k]).get("gap_kT")
+        rounds.append(entry)
+
+    result = {
+        "campaign": campaign.name,
+        "system": campaign.system.potential or campaign.system.type,
+        "cvs": names,
+        "units": {"F": "kJ/mol", "rmse": "kT", "time": "s"},
+        "temperature_K": campaign.sampling.temperature,
+        "kT_kJmol": kT,
+        "rounds": len(weights),
+        "rmse_vs_reference_kT": None,
+        "reference_coverage": None,
+        "cg_rmse_vs_reference_kT": None,
+        "fg_steps_total": int(sum(p["fg_steps"] for p in prov)),
+        "n_frames": len(df),
+        "platforms": sorted({p["platform"] for p in prov}),
+    }
+    if ref is not None:
+        cmp = compare_to_reference(fes, ref, kT, cutoff)
+        cg = compare_to_reference(_as_fes(fes, F_cg), ref, kT, cutoff)
+        result.update(rmse_vs_reference_kT=cmp["rmse_kT"], reference_coverage=cmp["coverage"],
+                      reference_bins_below_cutoff=cmp["n_bins"], rmse_cutoff_kT=cutoff,
+                      cg_rmse_vs_reference_kT=cg["rmse_kT"])
+    result["per_round"] = rounds
+    result["convergence"] = _json(convergence) or None
+    job_wall = [_json(p).get("wall_s", 0.0) for p in [*train_reports, *guide_reports]]
+    result["wall_s"] = float(sum(p["wall_s"] for p in prov) + sum(job_wall) + time.perf_counter() - t0)
+    result["provenance"] = {"config_hash": campaign.hash, "seed": campaign.seed,
+                            "versions": package_versions(), "rounds": prov}
+    write_json(summary, result)
+    log.info("FES: rmse vs reference %s kT (CG model %s kT), coverage %s", result["rmse_vs_reference_kT"],
+             result["cg_rmse_vs_reference_kT"], result["reference_coverage"])
+
+
+def _change(fes, previous, kT: float, cutoff: float) -> float:
+    """RMSE (kT) between consecutive rounds' FES, over bins below the cutoff in the previous one."""
+    return compare_to_reference(fes, previous.F, kT, cutoff)["rmse_kT"]
+
+
+def _as_fes(template, F):
+    from dataclasses import replace
+
+    return replace(template, F=F, F_err=np.full_like(F, np.nan))
+
+
+def write_plots(campaign, fes_csv: Path, samples: list[Path], out_dir: Path) -> None:
+    import pandas as pd
+
+    from cgflow.analysis.plots import plot_cv_histogram, plot_fes, plot_walker_traces
+
+    unit = "nm" if campaign.system.is_toy else "rad"
+    labels = {name: f"{name} ({unit})" for name in campaign.system.cv_names}
+    names = list(labels.values())
+    df, _ = read_samples(samples)
+    df = df.rename(columns=labels)
+    title = f"{campaign.name}: {campaign.system.potential or campaign.system.type}"
+    plot_fes(pd.read_csv(fes_csv).rename(columns=labels), names, out_dir / "fes.png", title=title)
+    plot_cv_histogram(df, names, out_dir / "cv_histogram.png")
+    plot_walker_traces(df, names, out_dir / "walker_traces.png")

@@ -1,0 +1,136 @@
+"""The ``cgflow guide`` action: round k's CG ensemble and FG samples -> the bias and the walker
+starts of round k+1, with the round's convergence diagnostics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cgflow.guidance.bias import BiasGrid
+from cgflow.guidance.policy import Basis, fit_policy, trust
+from cgflow.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def ensemble_at(model, grid, kT: float, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ensemble-mean free energy (unshifted) and disagreement eps at ``points``, kJ/mol."""
+    from cgflow.models.cv_energy import free_energies_at
+
+    F = free_energies_at(model, grid, kT, points)
+    return F.mean(axis=0), F.std(axis=0)
+
+
+def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list[Path], weights_path: Path,
+                out_bias: Path, out_starts: Path, out_json: Path) -> None:
+    from cgflow.analysis.campaign import cv_domain, read_samples
+    from cgflow.analysis.reweight import attach_weights
+    from cgflow.models.cv_energy import load
+    from cgflow.training.campaign import model_grid
+
+    t0 = time.perf_counter()
+    g, kT = campaign.guidance, campaign.sampling.kT
+    names = list(campaign.system.cv_names)
+    model, _ = load(model_path)
+    grid = model_grid(campaign)
+    lower, upper, periodic = cv_domain(campaign)
+
+    df = attach_weights(read_samples(sample_paths)[0], weights_path)
+    cv = df[names].to_numpy()
+    F_grid, eps_grid = ensemble_at(model, grid, kT, grid.points)
+    F_grid -= F_grid.min()
+    _, eps_data = ensemble_at(model, grid, kT, cv)
+    trust_grid, trust_data = trust(eps_grid, g.e0, g.e1), trust(eps_data, g.e0, g.e1)
+    if not trust_grid.any():
+        raise RuntimeError(f"round {round_index}: the CG ensemble is trusted nowhere (eps >= guidance.e1 = "
+                           f"{g.e1} kJ/mol everywhere); raise guidance.e1 or train longer")
+
+    basis = Basis(lower, upper, periodic, g.bias_basis)
+    policy = fit_policy(basis, cv, df["weight"].to_numpy(), trust_data, grid.points,
+                        -F_grid / (g.gamma * kT), trust_grid, kT, g.bias_steps)
+
+    bias = BiasGrid.zeros(names, lower, [u for u in upper], periodic, g.bias_grid)
+    points = bias.points
+    V = basis(points) @ policy.coefficients
+    _, eps_b = ensemble_at(model, grid, kT, points)
+    sigma = trust(eps_b, g.e0, g.e1)
+    applied = sigma * (V - V[sigma > 0].min())
+    values = applied.reshape(bias.values.shape)
+    for axis, p in enumerate(periodic):
+        if p:
+            first = np.take(values, [0], axis=axis)
+            values = np.concatenate([np.delete(values, -1, axis=axis), first], axis=axis)
+    bias = BiasGrid(bias.names, bias.lower, bias.upper, bias.periodic, values,
+                    {"round": round_index, "gamma": g.gamma, "e0": g.e0, "e1": g.e1, "kT_kJmol": kT,
+                     "config_hash": campaign.hash})
+    bias.save(out_bias)
+
+    # the two PMF estimates that must agree at convergence: F_cg and -V - kT ln p_target
+    V_grid = basis(grid.points) @ policy.coefficients
+    F_policy = -V_grid + F_grid / g.gamma
+    region = (trust_grid >= 1.0) & (F_grid < campaign.analysis.rmse_cutoff_kT * kT)
+    diff = (F_policy - F_grid)[region]
+    gap = float(np.sqrt(np.mean((diff - diff.mean()) ** 2)) / kT) if region.any() else None
+
+    starts, seeded = _write_starts(campaign, round_index, df, model, grid, out_starts, Path(sample_paths[-1]).parent)
+    result = {
+        "round": round_index,
+        "gap_kT": gap,
+        "trusted_fraction": float(np.mean(trust_grid >= 1.0)),
+        "omega_kJmol": policy.omega_kJmol,
+        "policy_iterations": policy.iterations,
+        "biased_ess": policy.biased_ess,
+        "max_bias_kJmol": float(values.max()),
+        "reseeded_walkers": int(seeded.sum()),
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_json(out_json, result)
+    log.info("round %d: bias up to %.1f kJ/mol on %.0f%% of the CV domain, gap F_cg vs policy %.3g kT, "
+             "%d walkers re-seeded", round_index, result["max_bias_kJmol"], 100 * result["trusted_fraction"],
+             gap if gap is not None else float("nan"), result["reseeded_walkers"])
+
+
+def _write_starts(campaign, round_index, df, model, grid, out_starts, round_dir: Path):
+    """Start positions of round k+1's walkers from round k's frames (see guidance.seeding)."""
+    from cgflow.analysis.campaign import cv_edges
+    from cgflow.guidance.seeding import choose_starts, frontier_scores
+    from cgflow.io import atomic_path
+
+    names = list(campaign.system.cv_names)
+    latest = df[df["round"] == round_index].reset_index(drop=True)
+    _, eps = ensemble_at(model, grid, campaign.sampling.kT, latest[names].to_numpy())
+    counts, _ = np.histogramdd(df[names].to_numpy(), bins=cv_edges(campaign))
+    index = tuple(
+        np.clip(np.searchsorted(e, latest[n].to_numpy(), side="right") - 1, 0, len(e) - 2)
+        for n, e in zip(names, cv_edges(campaign))
+    )
+    scores = frontier_scores(eps, counts[index])
+    n_walkers = campaign.sampling.walkers
+    last = latest.groupby("walker")["step"].idxmax().reindex(range(n_walkers)).to_numpy()
+    rng = np.random.default_rng([campaign.seed, round_index, 11])
+    frames, seeded = choose_starts(last, scores, n_walkers, campaign.guidance.seed_fraction, rng)
+    chosen = latest.iloc[frames]
+    positions = _positions(campaign, chosen, round_dir)
+    with atomic_path(out_starts) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, positions=positions, source_walker=chosen["walker"].to_numpy(),
+                     source_step=chosen["step"].to_numpy(), reseeded=seeded)
+    return positions, seeded
+
+
+def _positions(campaign, frames, round_dir: Path):
+    """FG coordinates (walkers, particles, 3; nm) of the chosen frames of the round in ``round_dir``."""
+    if campaign.system.is_toy:
+        return frames[["x_nm", "y_nm", "z_nm"]].to_numpy()[:, None, :]
+    import mdtraj as md
+
+    top = str(round_dir / "traj" / "topology.pdb")
+    out = []
+    for walker, step in zip(frames["walker"], frames["step"]):
+        frame = int(step) // campaign.sampling.report_interval - 1
+        traj = md.load_frame(str(round_dir / "traj" / f"walker-{int(walker):04d}.dcd"), frame, top=top)
+        out.append(traj.xyz[0].astype(float))
+    return np.stack(out)

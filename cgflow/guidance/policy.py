@@ -1,0 +1,114 @@
+"""The bias policy: a VES update toward the CG model's well-tempered target.
+
+The bias V_a(s) = sum_i a_i f_i(s) (Legendre polynomials, or a Fourier series for periodic
+CVs, tensor products across CVs) minimises the variationally-enhanced-sampling functional
+(Valsson & Parrinello 2014), estimated from the FG samples of all rounds:
+
+    Omega(a) = kT ln <exp(-V_a/kT)>_unbiased + <V_a>_target,
+
+where the unbiased average reweights every FG frame with its MBAR weight, so the gradient
+-<f>_{V_a} + <f>_target is an off-policy policy-gradient estimate from the biased episodes.
+The target is p_target ~ exp(-F_cg/(gamma kT)) from the CG ensemble. Both averages are taken
+with the trust weight sigma(eps(s)) (1 below e0, cosine to 0 at e1, eps the ensemble
+disagreement): the bias is learnt only where the CG model is trusted, and there its minimiser
+is V = -F - kT ln p_target + c. Omega is convex in a, so L-BFGS finds the minimum.
+
+The applied bias is sigma(eps) (V - min V), with the minimum over the trusted region: it is
+zero at the frontier of what the model knows and fills the known basins, so walkers are
+pushed toward the frontier and then explore freely beyond it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def trust(eps: np.ndarray, e0: float, e1: float) -> np.ndarray:
+    """sigma(eps): 1 below e0, a cosine down to 0 between e0 and e1, 0 above (METHODS §1)."""
+    t = np.clip((np.asarray(eps) - e0) / (e1 - e0), 0.0, 1.0)
+    return 0.5 * (1.0 + np.cos(np.pi * t))
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Tensor-product basis on the CV domain, without the constant (Omega ignores constants)."""
+
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    periodic: tuple[bool, ...]
+    order: int
+
+    def _one_dim(self, x: np.ndarray, i: int) -> np.ndarray:
+        lo, hi = self.lower[i], self.upper[i]
+        if self.periodic[i]:
+            k = np.arange(1, self.order // 2 + 1)
+            angle = 2 * np.pi * (x[:, None] - lo) / (hi - lo) * k
+            return np.concatenate([np.ones((len(x), 1)), np.cos(angle), np.sin(angle)], axis=1)
+        t = np.clip(2 * (x - lo) / (hi - lo) - 1, -1, 1)
+        return np.polynomial.legendre.legvander(t, self.order)
+
+    def __call__(self, s: np.ndarray) -> np.ndarray:
+        """Basis values, shape (n, n_functions)."""
+        s = np.atleast_2d(s)
+        out = self._one_dim(s[:, 0], 0)
+        for i in range(1, s.shape[1]):
+            out = (out[:, :, None] * self._one_dim(s[:, i], i)[:, None, :]).reshape(len(s), -1)
+        return out[:, 1:]
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    coefficients: np.ndarray
+    omega_kJmol: float
+    iterations: int
+    biased_ess: float  # Kish ESS of the FG frames reweighted to the new (trusted-region) bias
+
+
+def fit_policy(basis: Basis, cv: np.ndarray, weights: np.ndarray, trust_samples: np.ndarray,
+               target_points: np.ndarray, target_logp: np.ndarray, trust_points: np.ndarray, kT: float,
+               steps: int, ridge: float = 1e-3) -> PolicyResult:
+    """Minimise the trust-weighted VES functional over the basis coefficients.
+
+    ``cv``, ``weights`` (MBAR, unbiased) and ``trust_samples`` are per FG frame;
+    ``target_points`` is a quadrature grid with the target's log-density ``target_logp`` and
+    the trust there, ``trust_points``. ``ridge`` (kJ/mol per squared coefficient) keeps
+    directions the data do not determine at zero.
+    """
+    import torch
+
+    f_data = torch.as_tensor(basis(cv), dtype=torch.float64)
+    f_grid = torch.as_tensor(basis(target_points), dtype=torch.float64)
+    log_wd = torch.as_tensor(np.log(np.maximum(weights * trust_samples, 1e-300)), dtype=torch.float64)
+    p_t = np.exp(target_logp - target_logp.max()) * trust_points
+    p_t = torch.as_tensor(p_t / p_t.sum(), dtype=torch.float64)
+    a = torch.zeros(f_data.shape[1], dtype=torch.float64, requires_grad=True)
+
+    def omega():
+        v_data = f_data @ a
+        data_term = kT * (torch.logsumexp(log_wd - v_data / kT, 0) - torch.logsumexp(log_wd, 0))
+        return data_term + p_t @ (f_grid @ a) + ridge * (a @ a)
+
+    optimizer = torch.optim.LBFGS([a], max_iter=steps, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = omega()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        value = float(omega())
+        v = (f_data @ a).numpy()
+    if not np.isfinite(value):
+        raise RuntimeError("the VES functional diverged (non-finite); check guidance.e0/e1 and the samples")
+    log_w = np.log(np.maximum(weights * trust_samples, 1e-300)) - v / kT
+    w = np.exp(log_w - log_w.max())
+    iterations = optimizer.state[optimizer._params[0]]["n_iter"]
+    return PolicyResult(a.detach().numpy().copy(), value, int(iterations), float(w.sum() ** 2 / (w @ w)))

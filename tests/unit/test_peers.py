@@ -1,0 +1,251 @@
+"""Peers of cgflow with its FG budget: OpenMM's well-tempered metadynamics (walkers sharing one
+bias) recovers exact PMFs and resumes exactly after a kill; the unbiased peer and cgflow's
+rounds give convergence curves (FES RMSE vs FG steps) on one budget axis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cgflow.analysis.campaign import cv_edges
+from cgflow.analysis.convergence import (budget_schedule, cli_convergence, curve_rounds, curve_unbiased,
+                                         steps_to_target, write_convergence)
+from cgflow.analysis.fes import FES, compare_to_reference, histogram_fes
+from cgflow.analysis.reweight import mbar_weights
+from cgflow.config import load_config
+from cgflow.guidance.bias import BiasGrid
+from cgflow.io import read_provenance
+from cgflow.sampling.metadynamics import MetadSettings, cli_peer, read_snapshots, run_metadynamics
+from cgflow.sampling.round import run
+
+DOUBLE_WELL = {"type": "toy", "potential": "double_well"}
+
+
+def _campaign(sampling, guidance=None, analysis=None, system=DOUBLE_WELL):
+    cfg = {"campaign": "peers", "seed": 3, "system": system,
+           "sampling": {"platform": "Reference", "report_interval": 50, **sampling},
+           "analysis": {"bins": 40, "rmse_cutoff_kT": 4.0, **(analysis or {})}}
+    if guidance:
+        cfg["guidance"] = guidance
+    return load_config(cfg)
+
+
+def _exact(c):
+    return c.system.build().reference_fes(cv_edges(c), c.sampling.temperature)
+
+
+def _hill_bias(c, snap, upto: int) -> BiasGrid:
+    """The bias OpenMM tabulates from the first ``upto`` Gaussians of all walkers, rebuilt from
+    the log exactly as Metadynamics._addGaussian builds its grid (1-D, non-periodic)."""
+    m = MetadSettings.from_campaign(c)
+    u = np.linspace(0.0, 1.0, m.grid)
+    scaled_var = (m.width[0] / (m.upper[0] - m.lower[0])) ** 2
+    x = (snap["hills_cv"][:upto, 0] - m.lower[0]) / (m.upper[0] - m.lower[0])
+    values = (snap["hills_height"][:upto, None] * np.exp(-0.5 * (u[None, :] - x[:, None]) ** 2 / scaled_var)).sum(0)
+    return BiasGrid(("x",), m.lower, m.upper, (False,), values)
+
+
+@pytest.fixture(scope="module")
+def double_well_metad(tmp_path_factory):
+    c = _campaign({"walkers": 8, "steps": 50000})
+    out = tmp_path_factory.mktemp("metad")
+    return c, pd.read_parquet(run_metadynamics(c, out)), read_snapshots(out / "fes_snapshots.npz"), out
+
+
+def test_metadynamics_recovers_the_exact_double_well_pmf(double_well_metad):
+    c, df, snap, out = double_well_metad
+    B = 8 * 50000
+    np.testing.assert_array_equal(snap["budget_steps"], 8 * budget_schedule(c))
+    assert snap["budget_steps"][-1] == B and read_provenance(out / "samples.parquet")["fg_steps"] == B
+    assert snap["F"].shape == (c.analysis.budget_points, 40) and (snap["F"].min(axis=1) == 0).all()
+    assert len(df) == 8 * 50000 // 50 and sorted(df.walker.unique()) == list(range(8))
+    assert list(df.columns) == ["walker", "step", "time_ps", "x", "potential_energy_kJmol", "bias_energy_kJmol",
+                                "x_nm", "y_nm", "z_nm"]
+    kT = c.sampling.kT
+    scores = [compare_to_reference(FES(edges=tuple(snap["edges"]), F=F, F_err=F * np.nan), _exact(c), kT, 4.0)
+              for F in snap["F"]]
+    print("metadynamics RMSE (kT) at the budget points:", [round(s["rmse_kT"], 3) for s in scores])
+    assert scores[-1]["rmse_kT"] < 0.5, scores
+    # the walkers cross the barrier and the saved frames cover both wells
+    assert (df.x < -0.8).any() and (df.x > 0.8).any() and (snap["counts"][-1] > 0).mean() > 0.9
+
+
+def test_all_walkers_deposit_into_one_shared_bias(double_well_metad):
+    c, df, snap, _ = double_well_metad
+    m = MetadSettings.from_campaign(c)
+    per_walker = 50000 // m.frequency
+    assert np.bincount(snap["hills_walker"]).tolist() == [per_walker] * 8
+    # well-tempered heights: each Gaussian's height is h0 exp(-V/(k dT)) with V the bias of ALL
+    # walkers' earlier Gaussians at its centre (a walker with its own bias would see ~1/8 of V)
+    dT_kJ = c.sampling.kT * (m.bias_factor - 1)
+    for i in range(0, len(snap["hills_height"]), 37):
+        V = _hill_bias(c, snap, i)(snap["hills_cv"][i:i + 1])[0] if i else 0.0
+        assert snap["hills_height"][i] == pytest.approx(m.height * np.exp(-V / dT_kJ), rel=1e-6, abs=1e-9)
+    # a frame's bias energy is the shared bias at that frame: the last walker's last frame comes
+    # after every Gaussian; the final free energy is -gamma/(gamma-1) times that bias
+    final = _hill_bias(c, snap, len(snap["hills_height"]))
+    last = df.iloc[-1]
+    assert last.walker == 7 and last.bias_energy_kJmol == pytest.approx(final([[last.x]])[0], rel=1e-6)
+    centres = 0.5 * (snap["edges"][0][1:] + snap["edges"][0][:-1])
+    F = -m.bias_factor / (m.bias_factor - 1) * final(centres[:, None])
+    np.testing.assert_allclose(snap["F"][-1], F - F.min(), atol=0.05)
+
+
+def test_killed_metadynamics_resumes_to_the_uninterrupted_output(tmp_path):
+    c = _campaign({"walkers": 4, "steps": 100000, "report_interval": 100, "checkpoint_interval": 10000})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(c.resolved))
+    whole = pd.read_parquet(run_metadynamics(c, tmp_path / "whole"))
+
+    code = ("from pathlib import Path; from cgflow.config import load_config; "
+            "from cgflow.sampling.metadynamics import run_metadynamics; "
+            f"run_metadynamics(load_config(Path({str(config)!r})), Path({str(tmp_path / 'killed')!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    work = tmp_path / "killed" / ".work"
+    deadline = time.time() + 60
+    while len(list(work.glob("chunk-*.npz"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(work.glob("chunk-*.npz")))
+    assert 2 <= n_done < 10, "the job must be killed mid-run for this test to mean anything"
+    assert not (tmp_path / "killed" / "samples.parquet").exists()
+
+    args = SimpleNamespace(config=str(config), method="metadynamics", out_dir=str(tmp_path / "killed"))
+    cli_peer(args)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "samples.parquet"), whole)
+    a = read_snapshots(tmp_path / "whole" / "fes_snapshots.npz")
+    b = read_snapshots(tmp_path / "killed" / "fes_snapshots.npz")
+    for key in ("budget_steps", "F", "counts", "hills_walker", "hills_step", "hills_cv", "hills_height"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("rounds, steps, eq, points",
+                         [(0, 1000, 0, 4), (3, 1000, 100, 4), (2, 999, 7, 3), (1, 10, 0, 100)])
+def test_budget_axis_is_increasing_and_ends_at_the_whole_budget(rounds, steps, eq, points):
+    c = _campaign({"walkers": 2, "steps": steps, "equilibration": eq, "report_interval": 1},
+                  {"rounds": rounds}, {"budget_points": points})
+    t = budget_schedule(c)
+    assert t[0] > 0 and (np.diff(t) > 0).all() and t[-1] == (rounds + 1) * (steps + eq)
+    # budget_points per round's worth of steps, one of them on each round's end
+    assert len(t) == min((rounds + 1) * points, t[-1])
+    assert np.isin((steps + eq) * np.arange(1, rounds + 2), t).all()
+
+
+def test_steps_to_target_is_the_first_budget_at_or_below_target():
+    curve = pd.DataFrame({"method": "x", "fg_steps": [400, 100, 300, 200, 500],
+                          "rmse_kT": [0.6, np.nan, 0.4, 1.5, 0.3], "coverage": 1.0})
+    assert steps_to_target(curve, 0.5) == 300
+    assert steps_to_target(curve, 0.6) == 300
+    assert steps_to_target(curve, 0.3) == 500
+    assert steps_to_target(curve, 0.2) is None
+
+
+@pytest.fixture(scope="module")
+def short_campaign(tmp_path_factory):
+    """Two rounds (round 1 under a bias) and both peers, with one FG budget."""
+    root = tmp_path_factory.mktemp("campaign")
+    c = _campaign({"walkers": 32, "steps": 10000, "equilibration": 500}, {"rounds": 1})
+    r0 = run(c, 0, root / "round-00")
+    x = np.linspace(-2.0, 2.0, 101)
+    # well-tempered flattening of the double well, -(1 - 1/gamma) U, as cgflow's bias aims at
+    bias = BiasGrid(("x",), (-2.0,), (2.0,), (False,), -(1 - 1 / c.guidance.gamma) * 6 * (x**2 - 1) ** 2)
+    bias.save(root / "round-00" / "bias.npz")
+    r1 = run(c, 1, root / "round-01", bias_path=root / "round-00" / "bias.npz")
+    from cgflow.sampling.metadynamics import run_unbiased
+
+    unbiased = run_unbiased(c, root / "peers" / "unbiased")
+    run_metadynamics(c, root / "peers" / "metadynamics")
+    return c, root, [r0, r1], unbiased
+
+
+def test_unbiased_peer_spends_the_budget_and_its_curve_converges(short_campaign):
+    c, _, _, path = short_campaign
+    df, prov = pd.read_parquet(path), read_provenance(path)
+    B = 2 * 32 * (10000 + 500)
+    assert prov["fg_steps"] == B and prov["round"] == 1000 and prov["bias"] is None
+    assert df.step.max() == 2 * 10000 + 500 and df.step.min() == 50
+    curve = curve_unbiased(c, path, _exact(c))
+    print("unbiased curve:\n", curve)
+    assert list(curve.columns) == ["method", "fg_steps", "rmse_kT", "coverage"]
+    np.testing.assert_array_equal(curve.fg_steps, 32 * budget_schedule(c))
+    # the last point is the FES of every frame
+    fes = histogram_fes(df[["x"]].to_numpy(), cv_edges(c), c.sampling.kT, n_bootstrap=2)
+    assert curve.rmse_kT.iloc[-1] == pytest.approx(compare_to_reference(fes, _exact(c), c.sampling.kT, 4.0)["rmse_kT"])
+    # the first budget point is 2625 steps per walker, 500 of them equilibration
+    assert len(df[df.step <= 2125]) == 32 * (2125 // 50)
+    assert curve.rmse_kT.iloc[-1] < 0.5 < curve.rmse_kT.iloc[0] and curve.coverage.iloc[-1] == 1.0
+
+
+def test_rounds_curve_reweights_the_biased_round(short_campaign):
+    c, _, samples, _ = short_campaign
+    curve = curve_rounds(c, samples, _exact(c))
+    print("cgflow curve:\n", curve)
+    np.testing.assert_array_equal(curve.fg_steps, 32 * budget_schedule(c))
+    # the end of round 0 is a budget point, scored on round 0 alone
+    r0 = pd.read_parquet(samples[0])
+    fes = histogram_fes(r0[["x"]].to_numpy(), cv_edges(c), c.sampling.kT, n_bootstrap=2)
+    expected = compare_to_reference(fes, _exact(c), c.sampling.kT, 4.0)["rmse_kT"]
+    assert curve.rmse_kT.iloc[3] == pytest.approx(expected)
+    # at the end: both rounds, reweighted by MBAR over their biases (from the provenance)
+    both = pd.concat([r0, pd.read_parquet(samples[1])])
+    cv, kT = both[["x"]].to_numpy(), c.sampling.kT
+    w = mbar_weights(cv, (np.arange(len(both)) >= len(r0)).astype(int), [None, BiasGrid.load(
+        read_provenance(samples[1])["bias"])], kT).weights
+    fes = histogram_fes(cv, cv_edges(c), kT, weights=w, n_bootstrap=2)
+    assert curve.rmse_kT.iloc[-1] == pytest.approx(compare_to_reference(fes, _exact(c), kT, 4.0)["rmse_kT"])
+    # which is better than round 0 alone, and than a plain histogram of both rounds
+    naive = histogram_fes(cv, cv_edges(c), kT, n_bootstrap=2)
+    naive_rmse = compare_to_reference(naive, _exact(c), kT, 4.0)["rmse_kT"]
+    print("round 0 alone", expected, "both rounds, no reweighting", naive_rmse)
+    assert curve.rmse_kT.iloc[-1] < min(0.3, expected) and naive_rmse > 0.4
+    # without round 1's samples, the curve stops at the end of round 0
+    assert len(curve_rounds(c, samples[:1], _exact(c))) == c.analysis.budget_points
+
+
+def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
+    from cgflow.analysis.campaign import write_reference
+
+    c, root, samples, _ = short_campaign
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(c.resolved))
+    write_reference(c, tmp_path / "reference.csv")
+    peers = [f"unbiased={root / 'peers' / 'unbiased'}", f"metadynamics={root / 'peers' / 'metadynamics'}"]
+    args = SimpleNamespace(config=str(config), samples=[str(p) for p in samples], peer=peers,
+                           reference=str(tmp_path / "reference.csv"), out=str(tmp_path / "convergence.csv"),
+                           plot=str(tmp_path / "convergence.png"), summary_json=str(tmp_path / "convergence.json"))
+    cli_convergence(args)
+    table = pd.read_csv(tmp_path / "convergence.csv")
+    summary = json.loads((tmp_path / "convergence.json").read_text())
+    print(json.dumps(summary))
+    assert list(table.method.unique()) == ["cgflow", "unbiased", "metadynamics"]
+    for method, curve in table.groupby("method"):
+        np.testing.assert_array_equal(curve.fg_steps, 32 * budget_schedule(c))
+        assert summary[method]["steps_to_target"] == steps_to_target(curve, 0.5)
+        assert [b for b, _ in summary[method]["curve"]] == curve.fg_steps.tolist()
+    assert summary["target_kT"] == 0.5
+    assert (tmp_path / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    again = write_convergence(c, [], {"metadynamics": root / "peers" / "metadynamics" / "fes_snapshots.npz"},
+                              tmp_path / "reference.csv", tmp_path / "m.csv", tmp_path / "m.png")
+    assert set(again) == {"metadynamics", "target_kT"} and again["metadynamics"] == summary["metadynamics"]
+
+
+def test_alanine_metadynamics_biases_both_dihedrals(tmp_path):
+    analysis = {"reference": "none", "bins": 24, "metadynamics": {"frequency": 100, "grid": 64}}
+    c = _campaign({"walkers": 2, "steps": 1000}, analysis=analysis, system={"type": "alanine_dipeptide"})
+    df = pd.read_parquet(run_metadynamics(c, tmp_path))
+    snap = read_snapshots(tmp_path / "fes_snapshots.npz")
+    assert snap["F"].shape == (4, 24, 24) and snap["hills_cv"].shape == (20, 2)
+    assert np.isfinite(df.potential_energy_kJmol).all() and (df.bias_energy_kJmol[df.step > 100] > 0).all()
+    np.testing.assert_allclose(df[["phi", "psi"]].to_numpy()[df.step == 1000],
+                               snap["hills_cv"][snap["hills_step"] == 1000], atol=1e-6)

@@ -1,0 +1,46 @@
+"""Reweighting of all rounds so far (MBAR) and the CG model ensemble of each round."""
+
+
+rule reweight:
+    input:
+        unpack(round_inputs),
+        config=CONFIG_FILE,
+    output:
+        f"{RESULTS}/round-{{round}}/weights.parquet",
+    params:
+        biases=bias_args,
+    wildcard_constraints:
+        round=r"\d\d",
+    log:
+        f"{RESULTS}/logs/reweight-round-{{round}}.log",
+    conda:
+        ENV
+    message:
+        "MBAR weights of rounds 0..{wildcards.round}"
+    shell:
+        "cgflow reweight --config {input.config} --samples {input.samples} --biases {params.biases} "
+        "--out {output} > {log} 2>&1"
+
+
+rule train:
+    input:
+        unpack(round_inputs),
+        config=CONFIG_FILE,
+        weights=f"{RESULTS}/round-{{round}}/weights.parquet",
+    output:
+        model=f"{RESULTS}/round-{{round}}/cg.pt",
+        history=f"{RESULTS}/round-{{round}}/train.json",
+    params:
+        round=lambda wildcards: int(wildcards.round),
+    wildcard_constraints:
+        round=r"\d\d",
+    threads: 1
+    log:
+        f"{RESULTS}/logs/train-round-{{round}}.log",
+    conda:
+        ENV
+    message:
+        "Training the CG model ensemble of round {wildcards.round}"
+    shell:
+        "cgflow train --config {input.config} --round {params.round} --samples {input.samples} "
+        "--weights {input.weights} --out {output.model} --history {output.history} > {log} 2>&1"
