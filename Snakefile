@@ -27,6 +27,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/guide.smk"
+include: "workflow/rules/peers.smk"
 include: "workflow/rules/analyze.smk"
 
 

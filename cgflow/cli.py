@@ -71,6 +71,18 @@ def cmd_guide(args) -> None:
                 Path(args.weights), Path(args.bias), Path(args.starts), Path(args.report))
 
 
+def cmd_peer(args) -> None:
+    from cgflow.sampling.metadynamics import cli_peer
+
+    cli_peer(args)
+
+
+def cmd_convergence(args) -> None:
+    from cgflow.analysis.convergence import cli_convergence
+
+    cli_convergence(args)
+
+
 def cmd_reference(args) -> None:
     from cgflow.analysis.campaign import write_reference
 
@@ -143,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--starts", required=True, help="starts.npz out")
     p.add_argument("--report", required=True, help="guide.json out (diagnostics)")
     p.set_defaults(func=cmd_guide)
+
+    p = sub.add_parser("peer", help="run a peer method (unbiased MD, metadynamics) with cgflow's FG step budget")
+    p.add_argument("--config", required=True)
+    p.add_argument("--method", required=True, choices=["unbiased", "metadynamics"])
+    p.add_argument("--out-dir", required=True, help="peers/<method>/; samples.parquet (and snapshots) go here")
+    p.set_defaults(func=cmd_peer)
+
+    p = sub.add_parser("convergence", help="FES error vs FG steps for cgflow's rounds and the peers")
+    p.add_argument("--config", required=True)
+    p.add_argument("--samples", nargs="+", required=True, help="samples.parquet of rounds 0..N")
+    p.add_argument("--peer", nargs="+", action="extend", metavar="NAME=DIR", help="a peer's output folder")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--out", required=True, help="convergence.csv")
+    p.add_argument("--plot", required=True, help="convergence.png")
+    p.add_argument("--summary-json", required=True, help="convergence.json (steps to the target per method)")
+    p.set_defaults(func=cmd_convergence)
 
     p = sub.add_parser("reference", help="write the reference FES (exact quadrature for toys, or the given file)")
     p.add_argument("--config", required=True)

@@ -225,6 +225,9 @@ class GuidanceConfig:
     bias_steps: int
     e0: float
     e1: float
+    estimator: str
+    markov_bins: int
+    min_frames: int
     seed_fraction: float
     initial_bias: str | None = None
 
@@ -285,9 +288,14 @@ class Campaign:
 
     def stage_hash(self, stage: str) -> str:
         """Hash of the config keys a stage's result depends on (so e.g. analysis-only edits
-        do not rerun or invalidate sampling)."""
-        keys = {"sampling": ("seed", "system", "sampling")}[stage]
-        return config_hash({k: self.resolved[k] for k in keys})
+        do not rerun or invalidate sampling). ``guidance`` covers the biased rounds (training,
+        bias, later sampling); the number of rounds is left out, so adding rounds keeps the
+        earlier ones."""
+        keys = {"sampling": ("seed", "system", "sampling"), "guidance": ("seed", "system", "sampling", "guidance")}
+        chosen = {k: self.resolved[k] for k in keys[stage]}
+        if "guidance" in chosen:
+            chosen["guidance"] = {k: v for k, v in chosen["guidance"].items() if k != "rounds"}
+        return config_hash(chosen)
 
     @cached_property
     def system(self) -> SystemConfig:

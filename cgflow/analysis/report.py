@@ -72,8 +72,8 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     for k, (w, fk) in enumerate(zip(weights, per_round)):
         meta = read_provenance(w)
         entry = {"round": k, "fg_steps": int(sum(p["fg_steps"] for p in prov[: k + 1])),
-                 "mbar_ess": meta["ess"], "mbar_ess_per_round": meta["ess_per_round"],
-                 "mbar_overlap": meta["overlap"],
+                 "estimator": meta.get("estimator", "mbar"), "ess": meta["ess"],
+                 "ess_per_round": meta["ess_per_round"], "mbar_overlap": meta["overlap"],
                  "fes_change_kT": None if k == 0 else _change(fk, per_round[k - 1], kT, cutoff)}
         if ref is not None:
             entry["rmse_vs_reference_kT"] = compare_to_reference(fk, ref, kT, cutoff)["rmse_kT"]

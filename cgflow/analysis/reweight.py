@@ -4,6 +4,10 @@ Round k samples exp(-(U + V_k)/kT), a thermodynamic state that differs from the 
 its bias only, so the reduced potentials MBAR needs are u_k(s_n) = V_k(s_n)/kT (the FG
 potential cancels). The unbiased weight of frame n is 1 / sum_k N_k exp(f_k - u_k(s_n)).
 pymbar solves for the f_k; a solution that is not self-consistent stops the job.
+
+
+The campaign default is TRAM (cgflow.analysis.tram), which does not need each round to be in
+equilibrium; ``guidance.estimator: mbar`` uses this module alone.
 """
 
 from __future__ import annotations
@@ -75,18 +79,27 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
 
 
 def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
-    """MBAR weights of every frame of the given rounds -> parquet (round, walker, step, weight)
+    """Unbiased weights (TRAM or MBAR) of every frame of the given rounds -> parquet (round, walker, step, weight)
     with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.guidance.bias import BiasGrid
     from cgflow.io import write_parquet
 
+    names = list(campaign.system.cv_names)
     df, _ = read_samples(sample_paths)
     biases = [BiasGrid.load(p) if p else None for p in bias_paths]
-    rw = mbar_weights(df[list(campaign.system.cv_names)].to_numpy(), df["round"].to_numpy(), biases,
-                      campaign.sampling.kT)
+    g, kT = campaign.guidance, campaign.sampling.kT
+    if g.estimator == "tram":
+        from cgflow.analysis.campaign import cv_domain
+        from cgflow.analysis.tram import tram_weights
+
+        lower, upper, _ = cv_domain(campaign)
+        rw = tram_weights(df, names, biases, kT, lower, upper, g.markov_bins)
+    else:
+        rw = mbar_weights(df[names].to_numpy(), df["round"].to_numpy(), biases, kT)
     table = df[["round", "walker", "step"]].assign(weight=rw.weights)
     write_parquet(table, out, {
+        "estimator": g.estimator,
         "f_k": rw.f_k.tolist(), "n_k": rw.n_k.tolist(), "ess": rw.ess,
         "ess_per_round": rw.ess_per_round.tolist(), "overlap": rw.overlap,
         "biases": [str(p) if p else None for p in bias_paths],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.guidance.bias import BiasGrid
-from cgflow.guidance.policy import Basis, fit_policy, trust
+from cgflow.guidance.policy import Basis, data_support, fit_policy, trust
 from cgflow.io import write_json
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,12 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     F_grid, eps_grid = ensemble_at(model, grid, kT, grid.points)
     F_grid -= F_grid.min()
     _, eps_data = ensemble_at(model, grid, kT, cv)
-    trust_grid, trust_data = trust(eps_grid, g.e0, g.e1), trust(eps_data, g.e0, g.e1)
+    support = data_support(cv, lower, upper, periodic, g.min_frames)
+    trust_grid = trust(eps_grid, g.e0, g.e1) * support(grid.points)
+    trust_data = trust(eps_data, g.e0, g.e1) * support(cv)
     if not trust_grid.any():
         raise RuntimeError(f"round {round_index}: the CG ensemble is trusted nowhere (eps >= guidance.e1 = "
-                           f"{g.e1} kJ/mol everywhere); raise guidance.e1 or train longer")
+                           f"{g.e1} kJ/mol wherever there are FG frames); raise guidance.e1 or train longer")
 
     basis = Basis(lower, upper, periodic, g.bias_basis)
     policy = fit_policy(basis, cv, df["weight"].to_numpy(), trust_data, grid.points,
@@ -56,8 +58,9 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     points = bias.points
     V = basis(points) @ policy.coefficients
     _, eps_b = ensemble_at(model, grid, kT, points)
-    sigma = trust(eps_b, g.e0, g.e1)
-    applied = sigma * (V - V[sigma > 0].min())
+    sigma = trust(eps_b, g.e0, g.e1) * support(points)
+    # zero at the edge of the trusted region, never negative beyond it
+    applied = sigma * np.maximum(V - V[sigma >= 0.5].min(), 0.0)
     values = applied.reshape(bias.values.shape)
     for axis, p in enumerate(periodic):
         if p:
@@ -71,7 +74,7 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     # the two PMF estimates that must agree at convergence: F_cg and -V - kT ln p_target
     V_grid = basis(grid.points) @ policy.coefficients
     F_policy = -V_grid + F_grid / g.gamma
-    region = (trust_grid >= 1.0) & (F_grid < campaign.analysis.rmse_cutoff_kT * kT)
+    region = trust_grid >= 1.0
     diff = (F_policy - F_grid)[region]
     gap = float(np.sqrt(np.mean((diff - diff.mean()) ** 2)) / kT) if region.any() else None
 
@@ -95,17 +98,20 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
 
 def _write_starts(campaign, round_index, df, model, grid, out_starts, round_dir: Path):
     """Start positions of round k+1's walkers from round k's frames (see guidance.seeding)."""
-    from cgflow.analysis.campaign import cv_edges
     from cgflow.guidance.seeding import choose_starts, frontier_scores
     from cgflow.io import atomic_path
 
     names = list(campaign.system.cv_names)
     latest = df[df["round"] == round_index].reset_index(drop=True)
     _, eps = ensemble_at(model, grid, campaign.sampling.kT, latest[names].to_numpy())
-    counts, _ = np.histogramdd(df[names].to_numpy(), bins=cv_edges(campaign))
+    from cgflow.analysis.campaign import cv_domain
+
+    lower, upper, _ = cv_domain(campaign)
+    edges = [np.linspace(lo, hi, n + 1) for lo, hi, n in zip(lower, upper, grid.shape)]
+    counts, _ = np.histogramdd(df[names].to_numpy(), bins=edges)
     index = tuple(
         np.clip(np.searchsorted(e, latest[n].to_numpy(), side="right") - 1, 0, len(e) - 2)
-        for n, e in zip(names, cv_edges(campaign))
+        for n, e in zip(names, edges)
     )
     scores = frontier_scores(eps, counts[index])
     n_walkers = campaign.sampling.walkers

@@ -34,6 +34,40 @@ def trust(eps: np.ndarray, e0: float, e1: float) -> np.ndarray:
     return 0.5 * (1.0 + np.cos(np.pi * t))
 
 
+SUPPORT_BINS = 32
+
+
+def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
+    """A smooth [0, 1] map of where FG frames exist: per cell of a SUPPORT_BINS-per-CV grid,
+    1 from ``min_frames`` frames up, a cosine down to 0 at none; linear between cell centres.
+
+    The ensemble disagreement alone cannot mark the unvisited: maximum likelihood pushes every
+    member's energy up where there are no frames, so the members agree that it is high, and a
+    bias built there would over-fill the known basins far beyond the barriers around them.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    edges = [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+    counts, _ = np.histogramdd(np.atleast_2d(cv), bins=edges)
+    values = trust(min_frames - counts, 0.0, float(min_frames))
+    axes = [0.5 * (e[1:] + e[:-1]) for e in edges]
+    for i, p in enumerate(periodic):
+        if p:
+            width = upper[i] - lower[i]
+            values = np.concatenate([np.take(values, [-1], axis=i), values, np.take(values, [0], axis=i)], axis=i)
+            axes[i] = np.concatenate([[axes[i][-1] - width], axes[i], [axes[i][0] + width]])
+    interpolate = RegularGridInterpolator(axes, values, bounds_error=False, fill_value=None)
+
+    def support(points: np.ndarray) -> np.ndarray:
+        points = np.atleast_2d(points).astype(float).copy()
+        for i, p in enumerate(periodic):
+            if p:
+                points[:, i] = lower[i] + np.mod(points[:, i] - lower[i], upper[i] - lower[i])
+        return np.clip(interpolate(points), 0.0, 1.0)
+
+    return support
+
+
 @dataclass(frozen=True)
 class Basis:
     """Tensor-product basis on the CV domain, without the constant (Omega ignores constants)."""

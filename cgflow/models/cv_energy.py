@@ -178,7 +178,7 @@ def _energies(model: CVEnergyEnsemble, points: np.ndarray, chunk: int = 65536) -
     param = model.weights[0]
     with torch.no_grad():
         parts = [
-            model(torch.as_tensor(points[i : i + chunk], dtype=param.dtype, device=param.device)).double().cpu()
+            model(torch.tensor(points[i : i + chunk], dtype=param.dtype, device=param.device)).double().cpu()
             for i in range(0, len(points), chunk)
         ]
     return torch.cat(parts, dim=1).numpy() if parts else np.zeros((model.members, 0))

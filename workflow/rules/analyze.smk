@@ -16,6 +16,33 @@ rule reference:
         "cgflow reference --config {input.config} --out {output} > {log} 2>&1"
 
 
+rule convergence:
+    input:
+        config=CONFIG_FILE,
+        samples=[f"{round_dir(k)}/samples.parquet" for k in ROUNDS],
+        biases=[b for b in map(applied_bias, ROUNDS) if b],
+        peers=peer_outputs(),
+        reference=f"{RESULTS}/reference.csv",
+    output:
+        csv=report(f"{RESULTS}/convergence.csv", caption="../report/convergence.rst", category="Convergence"),
+        summary=f"{RESULTS}/convergence.json",
+        plot=report(f"{RESULTS}/plots/convergence.png", caption="../report/convergence.rst", category="Convergence"),
+    params:
+        peers=" ".join(["--peer", *(f"{m}={RESULTS}/peers/{m}" for m in CAMPAIGN.analysis.peers)])
+        if CAMPAIGN.analysis.peers
+        else "",
+    log:
+        f"{RESULTS}/logs/convergence.log",
+    conda:
+        ENV
+    message:
+        "FES error vs FG steps: cgflow's rounds beside {CAMPAIGN.analysis.peers}"
+    shell:
+        "cgflow convergence --config {input.config} --samples {input.samples} {params.peers} "
+        "--reference {input.reference} "
+        "--out {output.csv} --plot {output.plot} --summary-json {output.summary} > {log} 2>&1"
+
+
 rule fes:
     input:
         config=CONFIG_FILE,
@@ -25,12 +52,14 @@ rule fes:
         train_reports=[f"{round_dir(k)}/train.json" for k in ROUNDS],
         guide_reports=[f"{round_dir(k)}/guide.json" for k in ROUNDS[:-1]],
         reference=f"{RESULTS}/reference.csv" if has_reference() else [],
+        convergence=f"{RESULTS}/convergence.json" if has_reference() else [],
     output:
         fes=report(f"{RESULTS}/fes.csv", caption="../report/fes_csv.rst", category="Free energy"),
         summary=report(f"{RESULTS}/summary.json", caption="../report/summary.rst", category="Free energy"),
     params:
         reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
         guide=lambda wildcards, input: f"--guide-reports {input.guide_reports}" if input.guide_reports else "",
+        convergence=lambda wildcards, input: f"--convergence {input.convergence}" if input.convergence else "",
     log:
         f"{RESULTS}/logs/fes.log",
     conda:
@@ -40,6 +69,7 @@ rule fes:
     shell:
         "cgflow fes --config {input.config} --samples {input.samples} --weights {input.weights} "
         "--model {input.model} --train-reports {input.train_reports} {params.guide} {params.reference} "
+        "{params.convergence} "
         "--out {output.fes} --summary {output.summary} > {log} 2>&1"
 
 

@@ -29,6 +29,12 @@ def applied_bias(k):
     return f"{round_dir(k - 1)}/bias.npz"
 
 
+def round_hash(wildcards):
+    """Hash of the config a round's jobs depend on: rules take the config file as ancient() and
+    rerun on this, so analysis-only edits keep every round and adding rounds keeps the earlier ones."""
+    return CAMPAIGN.stage_hash("sampling" if int(wildcards.round) == 0 and not CAMPAIGN.guidance.initial_bias else "guidance")
+
+
 def round_inputs(wildcards):
     """Samples and applied biases of rounds 0..k, for reweighting, training and guidance."""
     k = int(wildcards.round)
@@ -66,11 +72,18 @@ def has_reference():
     return CAMPAIGN.analysis.reference != "none"
 
 
+def peer_outputs():
+    return [f"{RESULTS}/peers/{m}/samples.parquet" for m in CAMPAIGN.analysis.peers] + (
+        [f"{RESULTS}/peers/metadynamics/fes_snapshots.npz"] if "metadynamics" in CAMPAIGN.analysis.peers else []
+    )
+
+
 def campaign_targets():
     return [
         f"{RESULTS}/fes.csv",
         f"{RESULTS}/summary.json",
         *(f"{RESULTS}/plots/{name}.png" for name in ("fes", "cv_histogram", "walker_traces")),
+        *([f"{RESULTS}/plots/convergence.png"] if has_reference() else []),
     ]
 
 

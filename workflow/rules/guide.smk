@@ -4,7 +4,7 @@
 rule guide:
     input:
         unpack(round_inputs),
-        config=CONFIG_FILE,
+        config=ancient(CONFIG_FILE),
         model=f"{RESULTS}/round-{{round}}/cg.pt",
         weights=f"{RESULTS}/round-{{round}}/weights.parquet",
     output:
@@ -12,6 +12,7 @@ rule guide:
         starts=f"{RESULTS}/round-{{round}}/starts.npz",
         report=f"{RESULTS}/round-{{round}}/guide.json",
     params:
+        config_hash=CAMPAIGN.stage_hash("guidance"),
         round=lambda wildcards: int(wildcards.round),
     wildcard_constraints:
         round=r"\d\d",

@@ -18,13 +18,12 @@ rule campaign_config:
 
 rule sample:
     input:
-        # config is ancient(): the sampling hash below decides reruns, so analysis-only
-        # config changes keep the samples
+        # config is ancient(): params.config_hash decides reruns (see round_hash)
         unpack(sample_inputs),
     output:
         **sample_outputs(),
     params:
-        sampling_hash=CAMPAIGN.stage_hash("sampling"),
+        config_hash=round_hash,
         round=lambda wildcards: int(wildcards.round),
         out_dir=lambda wildcards, output: Path(output.samples).parent,
         extra=sample_args,

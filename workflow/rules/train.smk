@@ -4,10 +4,11 @@
 rule reweight:
     input:
         unpack(round_inputs),
-        config=CONFIG_FILE,
+        config=ancient(CONFIG_FILE),
     output:
         f"{RESULTS}/round-{{round}}/weights.parquet",
     params:
+        config_hash=round_hash,
         biases=bias_args,
     wildcard_constraints:
         round=r"\d\d",
@@ -25,12 +26,13 @@ rule reweight:
 rule train:
     input:
         unpack(round_inputs),
-        config=CONFIG_FILE,
+        config=ancient(CONFIG_FILE),
         weights=f"{RESULTS}/round-{{round}}/weights.parquet",
     output:
         model=f"{RESULTS}/round-{{round}}/cg.pt",
         history=f"{RESULTS}/round-{{round}}/train.json",
     params:
+        config_hash=CAMPAIGN.stage_hash("guidance"),
         round=lambda wildcards: int(wildcards.round),
     wildcard_constraints:
         round=r"\d\d",
