@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.cgflow-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run report test test-fast bench clean-results
+.PHONY: install run report test test-fast bench bench-rounds clean-results
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python tests/benchmarks/bench_sampling.py
+
+# FG steps to the target FES error: cgflow's rounds vs unbiased MD vs metadynamics (tens of minutes)
+bench-rounds: install
+	$(BIN)/python tests/benchmarks/bench_rounds.py
 
 clean-results:
 	rm -rf results .snakemake

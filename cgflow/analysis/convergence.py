@@ -6,7 +6,7 @@ of B for j = 1..J, J = (N+1) * analysis.budget_points (:func:`budget_schedule`).
 point each method's FES is the one it could report had it stopped there:
 
 - cgflow: the full rounds before the current one and, of the current round, each walker's
-  frames up to its share of the budget, reweighted by MBAR over the rounds included (round k's
+  frames up to its share of the budget, reweighted (guidance.estimator) over the rounds included (round k's
   bias is the bias path in its samples' provenance; None means unbiased);
 - unbiased MD: each walker's frames up to its share of the budget;
 - metadynamics: its free-energy snapshot at that budget (from the bias, not from histograms).
@@ -76,7 +76,7 @@ def curve_rounds(campaign, sample_paths, reference_F):
     """cgflow's curve from its rounds' samples.parquet files; it stops at the last budget point
     the given rounds cover (rounds are recognised by the 'round' of their provenance)."""
     from cgflow.analysis.campaign import read_samples
-    from cgflow.analysis.reweight import mbar_weights
+    from cgflow.analysis.reweight import campaign_weights
     from cgflow.guidance.bias import BiasGrid
 
     s = campaign.sampling
@@ -97,7 +97,8 @@ def curve_rounds(campaign, sample_paths, reference_F):
         index = {k: i for i, k in enumerate(included)}
         cv, weights = part[names].to_numpy(), None
         if len(part):
-            weights = mbar_weights(cv, part["round"].map(index).to_numpy(), [loaded[k] for k in included], s.kT).weights
+            frames = part.assign(round=part["round"].map(index))
+            weights = campaign_weights(campaign, frames, [loaded[k] for k in included]).weights
         rows.append((int(t) * s.walkers, *_score(campaign, cv, reference_F, weights)))
     return _curve("cgflow", rows)
 

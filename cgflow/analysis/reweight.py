@@ -78,6 +78,20 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
     return result
 
 
+def campaign_weights(campaign, frames, biases: list) -> Reweighting:
+    """Unbiased weights of ``frames`` (round 0..K-1, walker, step, CVs) by the campaign's
+    estimator (guidance.estimator); ``biases[k]`` is what round k sampled under, or None."""
+    names = list(campaign.system.cv_names)
+    g, kT = campaign.guidance, campaign.sampling.kT
+    if g.estimator == "tram":
+        from cgflow.analysis.campaign import cv_domain
+        from cgflow.analysis.tram import tram_weights
+
+        lower, upper, _ = cv_domain(campaign)
+        return tram_weights(frames, names, biases, kT, lower, upper, g.markov_bins)
+    return mbar_weights(frames[names].to_numpy(), frames["round"].to_numpy(), biases, kT)
+
+
 def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     """Unbiased weights (TRAM or MBAR) of every frame of the given rounds -> parquet (round, walker, step, weight)
     with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
@@ -85,21 +99,12 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     from cgflow.guidance.bias import BiasGrid
     from cgflow.io import write_parquet
 
-    names = list(campaign.system.cv_names)
     df, _ = read_samples(sample_paths)
     biases = [BiasGrid.load(p) if p else None for p in bias_paths]
-    g, kT = campaign.guidance, campaign.sampling.kT
-    if g.estimator == "tram":
-        from cgflow.analysis.campaign import cv_domain
-        from cgflow.analysis.tram import tram_weights
-
-        lower, upper, _ = cv_domain(campaign)
-        rw = tram_weights(df, names, biases, kT, lower, upper, g.markov_bins)
-    else:
-        rw = mbar_weights(df[names].to_numpy(), df["round"].to_numpy(), biases, kT)
+    rw = campaign_weights(campaign, df, biases)
     table = df[["round", "walker", "step"]].assign(weight=rw.weights)
     write_parquet(table, out, {
-        "estimator": g.estimator,
+        "estimator": campaign.guidance.estimator,
         "f_k": rw.f_k.tolist(), "n_k": rw.n_k.tolist(), "ess": rw.ess,
         "ess_per_round": rw.ess_per_round.tolist(), "overlap": rw.overlap,
         "biases": [str(p) if p else None for p in bias_paths],

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""FG steps to a target FES error: cgflow's CG-guided rounds against unbiased MD and OpenMM's
+well-tempered metadynamics, with the same walkers and FG step budget, in one run per system.
+
+Each system is a whole campaign (``snakemake`` with ``analysis.peers: [unbiased,
+metadynamics]``) in a scratch folder; its ``convergence.json`` gives every method's FES RMSE
+against the reference at the same budget points and the FG steps to the target (0.5 kT toys,
+1 kJ/mol alanine). Printed: steps to target per method and the ratios cgflow/unbiased (target
+<= 0.1) and cgflow/metadynamics (target <= 0.7). A method that never reaches the target is
+shown as "> budget" and its ratio as an upper bound.
+
+    python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SYSTEMS = {
+    # Müller-Brown along x: short rounds, so round 0 alone does not reach the target
+    "mb": {
+        "campaign": "bench-mb", "seed": 1,
+        "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
+        "sampling": {"walkers": 32, "steps": 5000, "report_interval": 50},
+        "guidance": {"rounds": 5, "train_steps": 600},
+        "analysis": {"bins": 50, "peers": ["unbiased", "metadynamics"], "budget_points": 4},
+    },
+    # the 2-D double well (10 kT barrier along x)
+    "dw2d": {
+        "campaign": "bench-dw2d", "seed": 2,
+        "system": {"type": "toy", "potential": "double_well_2d"},
+        "sampling": {"walkers": 32, "steps": 40000, "report_interval": 200},
+        "guidance": {"rounds": 4, "train_steps": 600},
+        "analysis": {"bins": 40, "peers": ["unbiased", "metadynamics"], "budget_points": 4},
+    },
+    # alanine dipeptide in vacuum, (phi, psi), against the shipped long-metadynamics reference
+    "alanine": {
+        "campaign": "bench-alanine", "seed": 1,
+        "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
+        "sampling": {"walkers": 8, "steps": 50000, "report_interval": 250, "equilibration": 1000},
+        "guidance": {"rounds": 4, "train_steps": 800},
+        "analysis": {"bins": 36, "reference": "metadynamics_long", "rmse_cutoff_kT": 8.0,
+                     "peers": ["unbiased", "metadynamics"], "budget_points": 2},
+    },
+}
+
+
+def run_campaign(name: str, where: Path) -> dict:
+    config = where / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(SYSTEMS[name], sort_keys=False))
+    t0 = time.perf_counter()
+    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
+                          "--configfile", str(config), "-d", str(where), "--cores", "2", "-q"],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{name}: campaign failed\n{out.stderr[-3000:]}")
+    result = json.loads((where / "results" / SYSTEMS[name]["campaign"] / "convergence.json").read_text())
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def table(name: str, conv: dict) -> list[str]:
+    budget = max(point[0] for method in ("cgflow", "unbiased", "metadynamics") for point in conv[method]["curve"])
+    steps = {m: conv[m]["steps_to_target"] for m in ("cgflow", "unbiased", "metadynamics")}
+    show = lambda s: f"{s:,}" if s is not None else f"> {budget:,}"  # noqa: E731
+    lines = [f"{name}: target {conv['target_kT']:.3g} kT, budget {budget:,} FG steps per method, "
+             f"campaign wall {conv['wall_s']:.0f} s"]
+    for m, s in steps.items():
+        final = conv[m]["curve"][-1][1]
+        lines.append(f"  {m:13s} steps to target {show(s):>14s}   final RMSE {final:.3f} kT")
+    for peer, goal in (("unbiased", 0.1), ("metadynamics", 0.7)):
+        mine, theirs = steps["cgflow"], steps[peer]
+        if mine is None:
+            ratio = "n/a (cgflow did not reach the target)"
+        elif theirs is None:
+            ratio = f"< {mine / budget:.3f}"
+        else:
+            ratio = f"{mine / theirs:.3f}"
+        lines.append(f"  cgflow/{peer:12s} = {ratio:>10s}   (target <= {goal})")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=["mb", "dw2d", "alanine"])
+    parser.add_argument("--keep", help="run the campaigns in this folder (kept) instead of a temporary one")
+    parser.add_argument("--json", help="write the convergence results here")
+    args = parser.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cgflow-bench-rounds-") as tmp:
+        base = Path(args.keep or tmp)
+        for name in args.systems:
+            where = base / name
+            where.mkdir(parents=True, exist_ok=True)
+            results[name] = run_campaign(name, where)
+            print("\n".join(table(name, results[name])), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The bias policy (cgflow.guidance): the VES functional's minimiser is the well-tempered bias,
+the trust switches, the data support, and where the next round's walkers start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cgflow.guidance.policy import Basis, data_support, fit_policy, trust
+from cgflow.guidance.seeding import choose_starts, frontier_scores
+
+KT = 2.494
+
+
+def free_energy(x):
+    return 3 * KT * (x**2 - 1) ** 2 + 0.5 * KT * x
+
+
+@pytest.mark.parametrize("gamma", [4.0, 8.0])
+def test_ves_minimiser_is_the_well_tempered_bias(gamma):
+    """Exact unbiased samples of F and the target exp(-F/(gamma kT)) where they are (the trust
+    region): the fitted bias is -(1 - 1/gamma) F up to a constant, from the samples alone."""
+    grid = np.linspace(-2, 2, 2001)
+    p = np.exp(-free_energy(grid) / KT)
+    rng = np.random.default_rng(0)
+    cv = rng.choice(grid, size=40000, p=p / p.sum())[:, None] + rng.uniform(-1e-3, 1e-3, (40000, 1))
+    basis = Basis((-2.0,), (2.0,), (False,), 10)
+    points = grid[:, None]
+    sampled = free_energy(grid) - free_energy(grid).min() < 5 * KT
+    trusted = (free_energy(cv[:, 0]) - free_energy(grid).min() < 5 * KT).astype(float)
+    policy = fit_policy(basis, cv, np.full(len(cv), 1 / len(cv)), trusted, points,
+                        -free_energy(grid) / (gamma * KT), sampled.astype(float), KT, steps=500)
+    V = basis(points) @ policy.coefficients
+    expected = -(1 - 1 / gamma) * free_energy(grid)
+    diff = (V - expected)[sampled]
+    assert np.sqrt(np.mean((diff - diff.mean()) ** 2)) / KT < 0.15
+    assert 0 < policy.biased_ess <= len(cv)
+
+
+def test_trust_is_one_below_e0_zero_above_e1_and_smooth_between():
+    eps = np.array([0.0, 1.0, 1.5, 2.75, 4.0, 9.0])
+    sigma = trust(eps, 1.5, 4.0)
+    assert sigma.tolist()[:3] == [1.0, 1.0, 1.0] and sigma[3] == pytest.approx(0.5) and sigma[4:].tolist() == [0.0, 0.0]
+    fine = trust(np.linspace(1.5, 4.0, 200), 1.5, 4.0)
+    assert np.all(np.diff(fine) <= 0) and np.abs(np.diff(fine)).max() < 0.02
+
+
+def test_data_support_marks_only_where_frames_are():
+    rng = np.random.default_rng(1)
+    cv = rng.normal(1.0, 0.2, size=(5000, 1))  # one basin, near x = 1
+    support = data_support(cv, (-2.0,), (2.0,), (False,), min_frames=10)
+    assert support(np.array([[1.0]]))[0] == pytest.approx(1.0)
+    assert support(np.array([[-1.0]]))[0] == 0.0  # the other basin: never visited
+    values = support(np.linspace(-2, 2, 401)[:, None])
+    assert values.min() >= 0 and values.max() <= 1 and np.abs(np.diff(values)).max() < 0.2
+
+
+def test_data_support_wraps_periodic_cvs():
+    cv = np.concatenate([np.full((50, 1), -3.1), np.full((50, 1), 3.1)])
+    support = data_support(cv, (-np.pi,), (np.pi,), (True,), min_frames=10)
+    assert support(np.array([[np.pi - 1e-6], [-np.pi + 1e-6]])).min() > 0.9
+
+
+def test_starts_reseed_the_frontier_and_keep_the_rest():
+    last = np.arange(8) * 10 + 9  # each walker's own last frame
+    scores = np.zeros(80)
+    scores[[3, 33, 55, 71]] = 1.0  # the frontier
+    frames, seeded = choose_starts(last, scores, 8, 0.5, np.random.default_rng(0))
+    assert seeded.sum() == 4
+    assert set(frames[seeded]) == {3, 33, 55, 71}
+    assert (frames[~seeded] == last[~seeded]).all()
+    assert frontier_scores(np.array([0.0, 2.0]), np.array([100, 0])).tolist() == [0.0, 1.0]
