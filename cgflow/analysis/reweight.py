@@ -39,6 +39,17 @@ def kish(w: np.ndarray) -> float:
     return float(s * s / np.dot(w, w)) if s > 0 else 0.0
 
 
+def _import_pymbar():
+    """pymbar, without the banners it logs on import (no JAX, timeseries caveat) and its
+    per-solve INFO chatter, which would fill every job log; its real warnings still show."""
+    pymbar_log = logging.getLogger("pymbar")
+    pymbar_log.setLevel(logging.ERROR)
+    import pymbar
+
+    pymbar_log.setLevel(logging.WARNING)
+    return pymbar
+
+
 def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, tolerance: float = 1e-6) -> Reweighting:
     """``biases[k]`` is the bias (a callable on CV values, kJ/mol, or None) that round k sampled."""
     rounds = np.asarray(rounds)
@@ -54,8 +65,7 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
     if np.ptp(u_kn, axis=0).max() == 0:
         f_k = np.zeros(len(biases))
     else:
-        import pymbar
-
+        pymbar = _import_pymbar()
         mbar = pymbar.MBAR(u_kn[sampled], n_k[sampled], solver_protocol="robust")
         f_k = np.full(len(biases), np.nan)
         f_k[sampled] = mbar.f_k

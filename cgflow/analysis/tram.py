@@ -40,6 +40,7 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     the self-consistent iteration does not converge.
     """
     from deeptime.markov import TransitionCountEstimator
+    from threadpoolctl import threadpool_limits
     from deeptime.markov.msm import TRAM, TRAMDataset
 
     order = np.lexsort((frames["step"].to_numpy(), frames["walker"].to_numpy(), frames["round"].to_numpy()))
@@ -64,7 +65,9 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
         directed=True).state_symbols
     dataset = make([np.where(np.isin(d, keep), d, -1).astype(np.int32) for d in dtrajs])
     estimator = TRAM(lagtime=1, maxiter=maxiter, maxerr=maxerr, callback_interval=50)
-    model = estimator.fit_fetch(dataset)
+    # one OpenMP thread: deeptime's threads on a pinned or shared core are many times slower
+    with threadpool_limits(limits=1):
+        model = estimator.fit_fetch(dataset)
     increment = estimator.energy_increments[-1] if estimator.energy_increments else np.inf
     if not np.isfinite(model.therm_state_energies).all() or increment > 10 * maxerr:
         raise RuntimeError(f"TRAM did not converge in {maxiter} iterations (last free-energy change "

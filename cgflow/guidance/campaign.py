@@ -59,8 +59,17 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     V = basis(points) @ policy.coefficients
     _, eps_b = ensemble_at(model, grid, kT, points)
     sigma = trust(eps_b, g.e0, g.e1) * support(points)
-    # zero at the edge of the trusted region, never negative beyond it
-    applied = sigma * np.maximum(V - V[sigma >= 0.5].min(), 0.0)
+    # zero at the edge of the trusted region, never negative beyond it, and never more than the
+    # well-tempered fill (1 - 1/gamma) of the free-energy range the model is trusted over: a
+    # basis function poorly pinned by the data cannot blow up where the trust fades
+    trusted = trust_grid >= 0.5
+    if (sigma >= 0.5).any() and trusted.any():
+        cap = (1 - 1 / g.gamma) * float(np.ptp(F_grid[trusted]))
+        applied = sigma * np.clip(V - V[sigma >= 0.5].min(), 0.0, cap)
+    else:
+        log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "
+                    "unbiased (more frames per round, or a lower guidance.min_frames)", round_index)
+        applied = np.zeros_like(V)
     values = applied.reshape(bias.values.shape)
     for axis, p in enumerate(periodic):
         if p:

@@ -105,7 +105,7 @@ class PolicyResult:
 
 def fit_policy(basis: Basis, cv: np.ndarray, weights: np.ndarray, trust_samples: np.ndarray,
                target_points: np.ndarray, target_logp: np.ndarray, trust_points: np.ndarray, kT: float,
-               steps: int, ridge: float = 1e-6) -> PolicyResult:
+               steps: int, ridge: float = 1e-4) -> PolicyResult:
     """Minimise the trust-weighted VES functional over the basis coefficients.
 
     ``cv``, ``weights`` (MBAR, unbiased) and ``trust_samples`` are per FG frame;

@@ -155,7 +155,8 @@ def test_steps_to_target_is_the_first_budget_at_or_below_target():
 def short_campaign(tmp_path_factory):
     """Two rounds (round 1 under a bias) and both peers, with one FG budget."""
     root = tmp_path_factory.mktemp("campaign")
-    c = _campaign({"walkers": 32, "steps": 10000, "equilibration": 500}, {"rounds": 1})
+    # MBAR, so the curve can be checked against pymbar directly (TRAM: tests/unit/test_tram.py)
+    c = _campaign({"walkers": 32, "steps": 10000, "equilibration": 500}, {"rounds": 1, "estimator": "mbar"})
     r0 = run(c, 0, root / "round-00")
     x = np.linspace(-2.0, 2.0, 101)
     # well-tempered flattening of the double well, -(1 - 1/gamma) U, as cgflow's bias aims at

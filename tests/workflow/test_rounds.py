@@ -5,6 +5,7 @@ never leaves its first basin."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import BIN
 from tests.workflow.test_workflow import planned_rules, snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -32,7 +34,8 @@ def job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def campaign_run(tmp_path_factory, cli_env):
+def campaign_run(tmp_path_factory):
+    cli_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     where = tmp_path_factory.mktemp("rounds")
     config = where / "rounds.yaml"
     config.write_text(yaml.safe_dump(ROUNDS))
