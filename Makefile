@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.cgflow-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run report test test-fast bench bench-rounds clean-results
+.PHONY: install run report test test-fast bench bench-rounds bench-cg clean-results
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: install
 # FG steps to the target FES error: cgflow's rounds vs unbiased MD vs metadynamics (tens of minutes)
 bench-rounds: install
 	$(BIN)/python tests/benchmarks/bench_rounds.py
+
+# bead CG on alanine: FM vs RE FES RMSE, stability at 2 fs, largest stable dt, CG/FG speed, long Henderson check
+bench-cg: install
+	$(BIN)/python tests/benchmarks/bench_cg.py
 
 clean-results:
 	rm -rf results .snakemake

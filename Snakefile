@@ -29,6 +29,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/guide.smk"
 include: "workflow/rules/peers.smk"
 include: "workflow/rules/analyze.smk"
+include: "workflow/rules/cg.smk"
 
 
 rule all:

@@ -105,6 +105,18 @@ def cmd_plot(args) -> None:
     write_plots(_campaign(args.config), Path(args.fes), [Path(p) for p in args.samples], Path(args.out_dir))
 
 
+def cmd_cg_sample(args) -> None:
+    from cgflow.training.bead_campaign import write_fg_mapped
+
+    write_fg_mapped(_campaign(args.config), Path(args.out))
+
+
+def cmd_cg_train(args) -> None:
+    from cgflow.training.bead_campaign import write_objective
+
+    write_objective(_campaign(args.config), args.objective, Path(args.fg), Path(args.out_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -172,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", required=True, help="convergence.json (steps to the target per method)")
     p.set_defaults(func=cmd_convergence)
 
-    p = sub.add_parser("reference", help="write the reference FES (exact quadrature for toys, or the given file)")
+    p = sub.add_parser("reference", help="write the reference FES (exact quadrature for toys, the shipped/cached "
+                       "long metadynamics FES for metadynamics_long, or the given file)")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reference)
@@ -196,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("cg-sample", help="FG run recording mapped bead positions and forces for the cg stage")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_cg_sample)
+
+    p = sub.add_parser("cg-train", help="train a bead CG potential with one objective, run CG MD, score its FES")
+    p.add_argument("--config", required=True)
+    p.add_argument("--objective", required=True, choices=["fm", "re", "difftre", "fm+re"])
+    p.add_argument("--fg", required=True, help="fg_mapped.npz from cg-sample")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_cg_train)
     return parser
 
 

@@ -269,6 +269,42 @@ class SystemConfig:
 
 
 @dataclass(frozen=True)
+class CGConfig:
+    """The optional ``cg:`` section (bead CG potentials); see config/README.md."""
+
+    map: str
+    objectives: tuple[str, ...]
+    fg_steps: int
+    fg_stride: int
+    prior: tuple[str, ...]
+    network: str
+    hidden: tuple[int, ...]
+    n_rbf: int
+    fm_epochs: int
+    fm_lr: float
+    fm_batch_size: int
+    patience: int
+    re_epochs: int
+    re_lr: float
+    re_sim_steps: int
+    re_replicas: int
+    n_eff_threshold: float
+    md_timestep: float
+    md_friction: float
+    md_steps: int
+    md_replicas: int
+
+    def trainer_settings(self) -> dict:
+        """The nested settings :func:`cgflow.training.bead_campaign.train` takes."""
+        return {"fm": {"batch_size": self.fm_batch_size, "lr": self.fm_lr, "epochs": self.fm_epochs,
+                       "patience": self.patience},
+                "re": {"lr": self.re_lr, "epochs": self.re_epochs, "sim_steps": self.re_sim_steps,
+                       "replicas": self.re_replicas, "report_interval": max(1, self.re_sim_steps // 20)},
+                "md": {"timestep": self.md_timestep, "friction": self.md_friction},
+                "n_eff_threshold": self.n_eff_threshold}
+
+
+@dataclass(frozen=True)
 class Campaign:
     """The validated campaign config; ``resolved`` is the dict with every default filled in."""
 
@@ -329,6 +365,19 @@ class Campaign:
         g = dict(self.resolved["guidance"])
         g["hidden"] = tuple(g["hidden"])
         return GuidanceConfig(**g)
+
+    @cached_property
+    def cg(self) -> CGConfig | None:
+        """The bead-CG stage's settings, or None when the config has no ``cg:`` section."""
+        c = self.resolved.get("cg")
+        if c is None:
+            return None
+        if self.system.type != "alanine_dipeptide":
+            raise ConfigError(f"cg: the bead CG stage needs system.type alanine_dipeptide, not {self.system.type!r}.")
+        c = dict(c)
+        for key in ("objectives", "prior", "hidden"):
+            c[key] = tuple(c[key])
+        return CGConfig(**c)
 
     @property
     def rounds(self) -> list[int]:
@@ -492,11 +541,11 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
         raise ConfigError(f"analysis.bins: {bins} has {len(bins)} entries for {n_cvs} CV(s); give one number or one per CV")
     ref = config["analysis"].setdefault("reference", "exact" if s["type"] == "toy" else "none")
     if ref == "exact" and s["type"] != "toy":
-        raise ConfigError(f"analysis.reference: 'exact' needs a toy system; for {s['type']} give none or a path to a reference fes.csv")
-    if ref not in ("exact", "none"):
+        raise ConfigError(f"analysis.reference: 'exact' needs a toy system; for {s['type']} give none, metadynamics_long or a path to a reference fes.csv")
+    if ref not in ("exact", "none", "metadynamics_long"):
         path = Path(ref) if base_dir is None or Path(ref).is_absolute() else base_dir / ref
         if not path.is_file():
-            raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: exact (toys), none, "
+            raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: exact (toys), none, metadynamics_long, "
                               f"or the path of an existing fes.csv file (no file at {str(path.absolute())!r})")
     g = config["guidance"]
     g.setdefault("gamma", 8.0 if s["type"] == "toy" else 6.0)
@@ -511,7 +560,7 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
             raise ConfigError(f"guidance.initial_bias: {g['initial_bias']!r} is not an existing bias.npz file "
                               f"(no file at {str(path.absolute())!r})")
         g["initial_bias"] = str(path.absolute())
-    if ref not in ("exact", "none"):
+    if ref not in ("exact", "none", "metadynamics_long"):
         config["analysis"]["reference"] = str(path.absolute())
     smp = config["sampling"]
     if smp["report_interval"] > smp["steps"]:

@@ -37,7 +37,9 @@ def cv_edges(campaign) -> list[np.ndarray]:
 
 
 def write_reference(campaign, out: Path) -> None:
-    """Exact quadrature for toys, or the configured reference file checked against our grid."""
+    """Exact quadrature for toys; the shipped, cached or freshly computed long metadynamics FES
+    for ``metadynamics_long`` (:mod:`cgflow.analysis.reference`); or the configured reference
+    file; a file is checked against our grid."""
     edges = cv_edges(campaign)
     names = campaign.system.cv_names
     ref = campaign.analysis.reference
@@ -46,6 +48,10 @@ def write_reference(campaign, out: Path) -> None:
         F = campaign.system.build().reference_fes(edges, campaign.sampling.temperature)
         log.info("exact PMF by quadrature in %.2f s", time.perf_counter() - t0)
     else:
+        if ref == "metadynamics_long":
+            from cgflow.analysis.reference import metadynamics_long
+
+            ref = metadynamics_long(campaign)
         fes = read_fes_csv(ref, names)
         if any(len(a) != len(b) or not np.allclose(a, b, atol=1e-6) for a, b in zip(fes.edges, edges)):
             raise ValueError(f"the reference {ref} is on another grid than analysis.bins gives; "

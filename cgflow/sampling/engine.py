@@ -53,6 +53,7 @@ class ReplicaFrames:
     potential: np.ndarray  # (n_frames, n_walkers)
     bias: np.ndarray  # (n_frames, n_walkers)
     wall_s: float
+    forces: np.ndarray | None = None  # (n_frames, n_particles, 3) kJ/mol/nm, FG forces without the bias (record_forces)
 
 
 def replica_seed(seed: int, round_index: int, first_walker: int) -> int:
@@ -112,13 +113,27 @@ def _observe(system, context, bias):
     return pos, system.cv_values(pos[None]), np.array([energy]), np.array([bias_energy])
 
 
+def _fg_forces(context) -> np.ndarray:
+    """FG forces (n_particles, 3) kJ/mol/nm without the bias force group."""
+    import openmm.unit as u
+
+    from cgflow.guidance.bias import FORCE_GROUP
+
+    state = context.getState(getForces=True, groups=set(range(32)) - {FORCE_GROUP})
+    return state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+
+
 def _chunks(folder: Path) -> list[Path]:
     return sorted(folder.glob("chunk-*.npz"))
 
 
 def run_replica(system, walkers: list[int], settings: MDSettings, platform: str, properties: dict,
-                seed: int, folder: Path, progress=None, bias=None, start: np.ndarray | None = None) -> ReplicaFrames:
-    """Run (or resume) one replica in ``folder`` under ``bias`` from ``start`` (nm); return its frames."""
+                seed: int, folder: Path, progress=None, bias=None, start: np.ndarray | None = None,
+                record_forces: bool = False) -> ReplicaFrames:
+    """Run (or resume) one replica in ``folder`` under ``bias`` from ``start`` (nm); return its frames.
+
+    ``record_forces`` also stores each frame's unbiased FG forces (for force matching of bead CG models).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     n = len(walkers)
     context, integrator = make_context(system, n, settings, platform, properties, seed, bias, start)
@@ -138,7 +153,7 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
     while step < total:
         t0 = time.perf_counter()
         end = min(total, (step // ci + 1) * ci)
-        steps, pos, cvs, pots, biases = [], [], [], [], []
+        steps, pos, cvs, pots, biases, frcs = [], [], [], [], [], []
         while step < end:
             next_frame = eq + ((max(step - eq, 0) // ri) + 1) * ri
             target = min(end, next_frame)
@@ -151,6 +166,8 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
                 cvs.append(c)
                 pots.append(e)
                 biases.append(b)
+                if record_forces:
+                    frcs.append(_fg_forces(context))
         wall = time.perf_counter() - t0
         n_particles = context.getSystem().getNumParticles()
         n_cv = len(system.cv_names)
@@ -165,6 +182,7 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
                     potential=np.asarray(pots, dtype=float).reshape(-1, n),
                     bias=np.asarray(biases, dtype=float).reshape(-1, n),
                     wall_s=wall,
+                    **({"forces": np.asarray(frcs, dtype=float).reshape(-1, n_particles, 3)} if record_forces else {}),
                     checkpoint=np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
                 )
         if progress is not None:
@@ -176,14 +194,18 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
 def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
     parts = {k: [] for k in ("step", "positions", "cv", "potential", "bias")}
     wall = 0.0
+    forces = []
     for chunk in _chunks(folder):
         with np.load(chunk) as data:
             for k in parts:
                 parts[k].append(data[k])
             wall += float(data["wall_s"])
+            if "forces" in data.files:
+                forces.append(data["forces"])
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return ReplicaFrames(walkers=walkers, step=cat["step"], positions=cat["positions"], cv=cat["cv"],
-                         potential=cat["potential"], bias=cat["bias"], wall_s=wall)
+                         potential=cat["potential"], bias=cat["bias"], wall_s=wall,
+                         forces=np.concatenate(forces) if forces and len(forces) == len(parts["step"]) else None)
 
 
 def open_workdir(workdir: Path, job: dict, choose_platform) -> str:

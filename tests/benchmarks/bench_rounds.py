@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,10 +59,12 @@ SYSTEMS = {
 def run_campaign(name: str, where: Path) -> dict:
     config = where / f"{name}.yaml"
     config.write_text(yaml.safe_dump(SYSTEMS[name], sort_keys=False))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
-    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
+    out = subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"),
                           "--configfile", str(config), "-d", str(where), "--cores", "2", "-q"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{name}: campaign failed\n{out.stderr[-3000:]}")
     result = json.loads((where / "results" / SYSTEMS[name]["campaign"] / "convergence.json").read_text())

@@ -78,12 +78,21 @@ def peer_outputs():
     )
 
 
+def cg_targets():
+    """The cg stage's final files, one folder per objective (empty without a cg section)."""
+    if CAMPAIGN.cg is None:
+        return []
+    return [f"{RESULTS}/cg/{obj}/{name}" for obj in CAMPAIGN.cg.objectives
+            for name in ("summary.json", "fes.csv", "model.pt", "train.json", "cg_md.dcd")]
+
+
 def campaign_targets():
     return [
         f"{RESULTS}/fes.csv",
         f"{RESULTS}/summary.json",
         *(f"{RESULTS}/plots/{name}.png" for name in ("fes", "cv_histogram", "walker_traces")),
         *([f"{RESULTS}/plots/convergence.png"] if has_reference() else []),
+        *cg_targets(),  # workflow/rules/cg.smk; empty without a cg: section
     ]
 
 

@@ -1,0 +1,248 @@
+"""The bead-CG stage of a campaign: mapped FG data -> prior + network -> FM / RE / DiffTRe -> CG MD -> FES.
+
+Functions here are what ``cgflow cg-sample`` and ``cgflow cg-train`` (and the benchmark) call;
+each reads and writes plain files under ``results/<campaign>/cg/``. The FG data are the
+mapped bead positions and mapped *unbiased* forces of alanine dipeptide's 10 heavy atoms
+(``fg_mapped.npz``); CG MD runs in torch (:mod:`cgflow.sampling.cg_md`) and its (phi, psi)
+FES is scored against the FG histogram FES with :func:`cgflow.analysis.fes.compare_to_reference`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KB = 0.0083144626181532
+PHI_BEADS = (1, 3, 4, 6)  # heavy-atom bead indices of C(ACE)-N-CA-C
+PSI_BEADS = (3, 4, 6, 8)  # N-CA-C-N(NME)
+OBJECTIVES = ("fm", "re", "difftre", "fm+re")
+
+
+def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=100, equilibration=5000,
+                     seed=1, solvent="vacuum", friction=1.0, platform="CPU") -> dict:
+    """Unbiased FG Langevin MD of alanine dipeptide recording mapped positions and forces.
+
+    Returns ``x`` (n, 10, 3) nm, ``f`` (n, 10, 3) kJ/mol/nm (force map: heavy atom + its H),
+    ``phipsi`` (n, 2) rad, ``masses`` (10,) amu, ``steps_per_s`` of the FG engine.
+    """
+    import openmm.unit as u
+
+    from cgflow.sampling.engine import MDSettings, make_context
+    from cgflow.sampling.platform import platform_properties
+    from cgflow.systems.alanine import AlanineDipeptide
+    from cgflow.systems.cg_map import alanine_map
+
+    system = AlanineDipeptide(solvent)
+    cmap = alanine_map()
+    settings = MDSettings(temperature, timestep, friction, steps, equilibration, stride, steps)
+    context, integrator = make_context(system, 1, settings, platform, platform_properties(platform), seed)
+    context.setVelocitiesToTemperature(temperature * u.kelvin, seed)
+    integrator.step(equilibration)
+    pos, frc = [], []
+    t0 = time.perf_counter()
+    for _ in range(steps // stride):
+        integrator.step(stride)
+        state = context.getState(getPositions=True, getForces=True)
+        pos.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+        frc.append(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+    wall = time.perf_counter() - t0
+    masses = np.array([context.getSystem().getParticleMass(i).value_in_unit(u.dalton) for i in range(system.n_atoms)])
+    pos, frc = np.asarray(pos), np.asarray(frc)
+    return {"x": cmap.map_positions(pos), "f": cmap.map_forces(frc), "phipsi": system.cv_values(pos),
+            "masses": (cmap.force > 0).astype(float) @ masses, "steps_per_s": steps / wall,
+            "temperature": temperature}
+
+
+def save_npz(path, data: dict) -> None:
+    from cgflow.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **data)
+
+
+def build_model(x_fg: np.ndarray, kT: float, network: str = "pair_mlp", hidden=(64, 64), n_rbf: int = 16,
+                prior_terms=("bonds", "angles", "dihedrals", "repulsion")):
+    """Prior fitted on the FG data + a zero-initialised network of the given name."""
+    from cgflow.models.bead_net import BeadPotential, make_network
+    from cgflow.models.priors import Prior
+    from cgflow.systems.cg_map import alanine_map, bead_bonds
+    from cgflow.systems.alanine import HEAVY_ATOMS, AlanineDipeptide
+
+    bonds = bead_bonds(AlanineDipeptide().topology(), HEAVY_ATOMS)
+    prior = Prior.fit(x_fg, bonds, kT, terms=prior_terms)
+    cmap = alanine_map()
+    net = make_network(network, n_beads=x_fg.shape[1], dihedrals=[PHI_BEADS, PSI_BEADS], hidden=tuple(hidden),
+                       n_rbf=n_rbf, bead_types=cmap.bead_types, n_types=len(cmap.type_names))
+    return BeadPotential(prior, net)
+
+
+def phipsi(x) -> np.ndarray:
+    import torch
+
+    from cgflow.models.priors import dihedral_angles
+
+    x = torch.as_tensor(x)
+    return dihedral_angles(x, torch.as_tensor([PHI_BEADS, PSI_BEADS])).numpy().reshape(-1, 2)
+
+
+def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float = 6.0) -> tuple[dict, object, object]:
+    """RMSE (kT) of the CG (phi, psi) FES against the FG one over the FG's region below ``cutoff_kT``."""
+    from cgflow.analysis.fes import compare_to_reference, histogram_fes
+
+    edges = [np.linspace(-math.pi, math.pi, n_bins + 1)] * 2
+    ref = histogram_fes(fg_phipsi, edges, kT, n_bootstrap=2)
+    est = histogram_fes(cg_phipsi, edges, kT, n_bootstrap=2)
+    return compare_to_reference(est, ref, kT, cutoff_kT), est, ref
+
+
+class CGSimulator:
+    """Persistent CG MD replicas: each call continues them and returns decorrelated frames (n, N, 3)."""
+
+    def __init__(self, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0, seed=0):
+        import torch
+
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(x0), size=replicas, replace=len(x0) < replicas)
+        self.x = torch.as_tensor(np.asarray(x0)[pick])
+        self.masses, self.T, self.dt, self.steps = masses, temperature, timestep, steps
+        self.report, self.friction = report_interval, friction
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model):
+        from cgflow.sampling.cg_md import langevin_md
+
+        tr = langevin_md(model, self.x, self.masses, self.T, self.dt, self.steps, self.friction, self.report,
+                         generator=self.gen)
+        self.x = tr.positions[-1]
+        return tr.positions.reshape(-1, *tr.positions.shape[2:])
+
+
+def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: int = 0):
+    """Train ``model`` in place with ``objective``; returns the list of trainers that ran (history)."""
+    import torch
+
+    from cgflow.training.difftre import DiffTRe
+    from cgflow.training.force_matching import ForceMatching
+    from cgflow.training.observables import phipsi_hist
+    from cgflow.training.relative_entropy import RelativeEntropy
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"cg.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    kT = KB * data["temperature"]
+    x, f = data["x"], data["f"]
+    w = data.get("weights")
+    done = []
+    ckpt = (lambda tag: None) if checkpoint is None else (lambda tag: Path(checkpoint).with_suffix(f".{tag}.ckpt"))
+    if objective in ("fm", "fm+re"):
+        fm = cfg["fm"]
+        done.append(ForceMatching(model, x, f, batch_size=fm["batch_size"], lr=fm["lr"], max_epochs=fm["epochs"],
+                                  patience=fm["patience"], checkpoint=ckpt("fm"), seed=seed).fit())
+    sim_cfg = cfg["re"]
+    simulate = CGSimulator(x, data["masses"], data["temperature"], cfg["md"]["timestep"], sim_cfg["sim_steps"],
+                           sim_cfg["replicas"], sim_cfg["report_interval"], cfg["md"]["friction"], seed)
+    if objective in ("re", "fm+re"):
+        done.append(RelativeEntropy(model, x, simulate, kT, fg_weights=w, threshold=cfg["n_eff_threshold"],
+                                    lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
+                                    seed=seed, divergence_factor=1e6).fit())
+    if objective == "difftre":
+        target = torch.as_tensor(phipsi_hist(torch.as_tensor(x), PHI_BEADS, PSI_BEADS).numpy().mean(0))
+        obs = {"phipsi": lambda xs: phipsi_hist(xs, PHI_BEADS, PSI_BEADS)}
+        done.append(DiffTRe(model, simulate, obs, {"phipsi": target}, kT, threshold=cfg["n_eff_threshold"],
+                            lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("difftre"),
+                            seed=seed, divergence_factor=1e6).fit())
+    return done
+
+
+def cg_md(model, data: dict, timestep: float, steps: int, replicas: int, report_interval: int, friction=1.0, seed=0):
+    """Production CG MD from FG starting structures; returns the trajectory and CG replica-steps/s."""
+    import torch
+
+    from cgflow.sampling.cg_md import langevin_md
+
+    rng = np.random.default_rng(seed)
+    x0 = torch.as_tensor(data["x"][rng.choice(len(data["x"]), size=replicas)])
+    tr = langevin_md(model, x0, data["masses"], data["temperature"], timestep, steps, friction, report_interval,
+                     generator=torch.Generator().manual_seed(seed))
+    return tr, replicas * steps / tr.wall_s
+
+
+def save_model(model, path, meta: dict) -> None:
+    import json
+
+    import torch
+
+    from cgflow.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": json.dumps(meta)}, tmp)
+
+
+# --- campaign entry points (cgflow cg-sample / cg-train) -----------------------------------
+def _provenance(campaign, **extra) -> dict:
+    from cgflow.io import package_versions
+
+    return {"config_hash": campaign.hash, "seed": campaign.seed, "versions": package_versions(), **extra}
+
+
+def write_fg_mapped(campaign, out: Path) -> None:
+    """Run the unbiased FG run of the ``cg`` stage and write ``fg_mapped.npz`` (mapped x, f; phi/psi)."""
+    from cgflow.sampling.platform import pin_to_free_core
+
+    s, c = campaign.sampling, campaign.cg
+    if s.pin_cpu:
+        pin_to_free_core()
+    data = sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration, campaign.seed + 1,
+                            campaign.system.solvent, s.friction)
+    save_npz(out, data)
+    log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
+
+
+def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
+    """Train one objective on ``fg`` and write model.pt, train.json, cg_md.dcd/.pdb, fes.csv, summary.json."""
+    import pandas as pd
+    import torch
+
+    from cgflow.io import write_json, write_text
+    from cgflow.sampling.cg_md import save_trajectory
+    from cgflow.systems.cg_map import alanine_bead_topology
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    c = campaign.cg
+    with np.load(fg) as f:
+        data = {k: f[k] for k in f.files}
+    data["temperature"] = float(data["temperature"])
+    kT = KB * data["temperature"]
+    torch.manual_seed(campaign.seed)
+    model = build_model(data["x"], kT, c.network, c.hidden, c.n_rbf, c.prior)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainers = train(objective, model, data, c.trainer_settings(), checkpoint=out_dir / "model.pt", seed=campaign.seed)
+    meta = {"objective": objective, "network": c.network, "map": c.map, "temperature_K": data["temperature"],
+            **_provenance(campaign)}
+    save_model(model, out_dir / "model.pt", meta)
+    write_json(out_dir / "train.json", {"objective": objective,
+                                        "stages": [{"trainer": type(t).__name__, "history": t.history} for t in trainers]})
+    traj, rate = cg_md(model, data, c.md_timestep, c.md_steps, c.md_replicas, max(1, c.md_steps // 500),
+                       c.md_friction, campaign.seed)
+    save_trajectory(traj, out_dir / "cg_md.dcd", alanine_bead_topology())
+    cg_pp = phipsi(traj.positions[len(traj.positions) // 10:].reshape(-1, 10, 3))
+    score, est, ref = fes_rmse(cg_pp, data["phipsi"], kT)
+    centres = [0.5 * (e[1:] + e[:-1]) for e in est.edges]
+    grid = np.meshgrid(*centres, indexing="ij")
+    frame = pd.DataFrame({"phi": grid[0].ravel(), "psi": grid[1].ravel(),
+                          "F_cg_kJmol": (est.F - np.nanmin(est.F)).ravel(),
+                          "F_fg_kJmol": (ref.F - np.nanmin(ref.F)).ravel()})
+    write_text(out_dir / "fes.csv", frame.to_csv(index=False, float_format="%.6g"))
+    write_json(out_dir / "summary.json", {
+        "objective": objective, "fes_rmse_vs_fg_kT": score["rmse_kT"], "fes_coverage": score["coverage"],
+        "fes_bins_below_cutoff": score["n_bins"], "cg_md_ns": traj.steps * c.md_timestep / 1000 * c.md_replicas,
+        "cg_md_timestep_ps": c.md_timestep, "cg_replica_steps_per_s": rate,
+        "fg_steps_per_s": float(data["steps_per_s"]), "cg_over_fg_speed": rate / float(data["steps_per_s"]),
+        "wall_s": time.perf_counter() - t0, "provenance": _provenance(campaign)})

@@ -1,0 +1,30 @@
+"""The optional ``cg:`` config section: defaults, absence, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from cgflow.config import ConfigError, load_config
+
+ALA = {"campaign": "c", "system": {"type": "alanine_dipeptide", "cv": ["phi", "psi"]}}
+
+
+def test_cg_absent_means_no_cg_stage():
+    assert load_config(ALA).cg is None
+
+
+def test_cg_defaults_and_trainer_settings():
+    c = load_config({**ALA, "cg": {"objectives": ["re"], "re_sim_steps": 400}}).cg
+    assert c.objectives == ("re",) and c.network == "pair_mlp" and c.n_eff_threshold == 0.9
+    s = c.trainer_settings()
+    assert s["re"]["sim_steps"] == 400 and s["re"]["report_interval"] == 20 and s["md"]["timestep"] == 0.002
+
+
+def test_cg_bad_values_are_rejected():
+    with pytest.raises(ConfigError, match="objectives"):
+        load_config({**ALA, "cg": {"objectives": ["magic"]}})
+    with pytest.raises(ConfigError, match="n_eff_threshold"):
+        load_config({**ALA, "cg": {"n_eff_threshold": 1.5}})
+    toy = load_config({"campaign": "t", "system": {"type": "toy", "potential": "double_well"}, "cg": {}})
+    with pytest.raises(ConfigError, match="alanine_dipeptide"):
+        toy.cg

@@ -1,0 +1,121 @@
+"""``analysis.reference: metadynamics_long``: the cache key follows the physics and the bins,
+not the campaign's bookkeeping; a short toy run recovers the exact PMF, is cached and reused
+without MD; the shipped alanine dipeptide reference has the known vacuum C7eq minimum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cgflow.analysis import reference as ref_mod
+from cgflow.analysis.campaign import cv_edges, write_reference
+from cgflow.analysis.fes import read_fes_csv
+from cgflow.analysis.reference import LongMetadSettings, cache_dir, cache_key, find_reference, metadynamics_long
+from cgflow.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ALANINE = ROOT / "config" / "examples" / "alanine_vacuum.yaml"
+DOUBLE_WELL = {"type": "toy", "potential": "double_well"}
+# a short run that still converges on the 1-D double well (barrier ~ a few kT)
+TOY_SHORT = {"walkers": 4, "steps": 60000, "frequency": 100, "snapshots": 6, "report_interval": 500}
+
+
+def _toy(**over):
+    cfg = {"campaign": "ref", "seed": 3, "system": DOUBLE_WELL,
+           "sampling": {"platform": "Reference", "report_interval": 50},
+           "analysis": {"bins": 40, "reference": "metadynamics_long"}}
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return load_config(cfg)
+
+
+def test_config_accepts_metadynamics_long_and_rejects_other_words():
+    assert _toy().analysis.reference == "metadynamics_long"
+    with pytest.raises(ConfigError, match="metadynamics_long"):
+        _toy(analysis={"reference": "metadynamics_short"})
+
+
+def test_cache_key_follows_physics_and_bins_only():
+    base = _toy()
+    s = LongMetadSettings.for_campaign(base)
+    key = cache_key(base, s)
+    # bookkeeping does not matter
+    assert cache_key(_toy(campaign="other", seed=99), s) == key
+    assert cache_key(_toy(sampling={"walkers": 3, "steps": 777}, guidance={"rounds": 5}), s) == key
+    assert cache_key(_toy(analysis={"bootstrap": 17, "peers": ["unbiased"]}), s) == key
+    assert cache_key(base, LongMetadSettings.for_campaign(base, threshold=0.1)) == key  # the check, not the result
+    # the physics, the bins and the run do
+    assert cache_key(_toy(sampling={"temperature": 350.0}), s) != key
+    assert cache_key(_toy(analysis={"bins": 50}), s) != key
+    assert cache_key(_toy(system={"potential": "muller_brown", "cv": ["x"]}), s) != key
+    for change in ({"steps": 10}, {"height": 0.1}, {"width": 0.01}, {"bias_factor": 3.0}, {"seed": 1}):
+        assert cache_key(base, LongMetadSettings.for_campaign(base, **change)) != key, change
+
+
+def test_cache_dir_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("CGFLOW_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "cgflow"
+    monkeypatch.setenv("CGFLOW_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("CGFLOW_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "cgflow"
+
+
+def test_toy_reference_matches_exact_pmf_and_is_reused(monkeypatch, tmp_path):
+    c = _toy()
+    short = LongMetadSettings.for_campaign(c, **TOY_SHORT)
+    monkeypatch.setenv("CGFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ref_mod.LongMetadSettings, "for_campaign", classmethod(lambda cls, camp, **kw: short))
+    out = tmp_path / "reference.csv"
+    write_reference(c, out)
+    cached = find_reference(cache_key(c, short), [tmp_path / "cache"])
+    assert cached is not None and not (tmp_path / "cache" / f"work-{cache_key(c, short)}").exists()
+    prov = ref_mod.read_provenance(cached)
+    assert prov["fg_steps"] == short.walkers * short.steps and "converged" in prov["convergence"]
+    assert prov["versions"] and prov["wall_s"] > 0
+
+    # physics: the metadynamics FES is the exact PMF where it matters
+    exact = c.system.build().reference_fes(cv_edges(c), c.sampling.temperature)
+    F = read_fes_csv(out, c.system.cv_names).F
+    kT = c.sampling.kT
+    mask = exact - exact.min() < 6 * kT
+    d = (F - exact)[mask]
+    rmse = np.sqrt(np.mean((d - d.mean()) ** 2))
+    assert rmse < 0.35 * kT, rmse  # measured 0.19 kT
+
+    # the second call reuses the cache: no MD at all
+    def no_md(*a, **k):
+        raise AssertionError("the cached reference was recomputed")
+
+    monkeypatch.setattr("cgflow.sampling.metadynamics.sample_metadynamics", no_md)
+    mtime = cached.stat().st_mtime_ns
+    out2 = tmp_path / "reference2.csv"
+    write_reference(c, out2)
+    assert cached.stat().st_mtime_ns == mtime
+    np.testing.assert_allclose(read_fes_csv(out2, c.system.cv_names).F, F)
+
+
+def test_shipped_alanine_reference():
+    c = load_config(ALANINE)
+    assert c.analysis.reference == "metadynamics_long"
+    shipped = find_reference(cache_key(c), [ref_mod.DATA_DIR])
+    assert shipped is not None, "no shipped reference for config/examples/alanine_vacuum.yaml's key"
+    fes = read_fes_csv(shipped, c.system.cv_names)
+    for a, b in zip(fes.edges, cv_edges(c)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    F = fes.F
+    assert np.isfinite(F).all() and abs(F.min()) < 1e-9
+    phi, psi = np.meshgrid(*(np.degrees(x) for x in fes.centers), indexing="ij")
+    i = np.unravel_index(np.argmin(F), F.shape)
+    # C7eq, the global minimum in vacuum: phi ~ -80 deg, psi ~ +70 deg
+    assert -100 <= phi[i] <= -60 and 50 <= psi[i] <= 95, (phi[i], psi[i])
+    # C7eq is low, the phi > 0 side (C7ax) higher, and the FES spans tens of kJ/mol
+    c7ax = F[(phi > 40) & (phi < 100) & (psi > -100) & (psi < -30)].min()
+    assert 3.0 < c7ax < 15.0, c7ax
+    assert F.max() > 30.0
+    prov = ref_mod.read_provenance(shipped)
+    assert prov["convergence"]["converged"] and prov["convergence"]["last_two_rmse_kJmol"] < 1.0
