@@ -59,6 +59,13 @@ def sample_inputs(wildcards):
     return out
 
 
+def mpi_launcher(wildcards, resources):
+    """'<mpi> -n <tasks> ' when the job has an MPI launcher (resources mpi=mpiexec, or
+    mpi="srun --mpi=pmi2" under SLURM) and tasks > 1; else '' (one process)."""
+    mpi, tasks = getattr(resources, "mpi", None), int(getattr(resources, "tasks", 1) or 1)
+    return f"{mpi} -n {tasks} " if mpi and tasks > 1 else ""
+
+
 def sample_args(wildcards, input):
     args = []
     if "bias" in input.keys():

@@ -27,6 +27,7 @@ rule sample:
         round=lambda wildcards: int(wildcards.round),
         out_dir=lambda wildcards, output: Path(output.samples).parent,
         extra=sample_args,
+        launch=mpi_launcher,
     wildcard_constraints:
         round=r"\d\d",
     threads: 1
@@ -37,5 +38,5 @@ rule sample:
     message:
         "FG sampling, round {wildcards.round}: {CAMPAIGN.sampling.walkers} walkers x {CAMPAIGN.sampling.steps} steps"
     shell:
-        "cgflow sample --config {input.config} --round {params.round} --out-dir {params.out_dir} "
+        "{params.launch}cgflow sample --config {input.config} --round {params.round} --out-dir {params.out_dir} "
         "{params.extra} > {log} 2>&1"
