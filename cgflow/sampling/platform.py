@@ -46,6 +46,46 @@ def pin_to_free_core() -> int | None:
     return core
 
 
+LOCAL_RANK_VARIABLES = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
+"""Where launchers put a process's rank among those on its node (srun, Open MPI, MPICH/Hydra)."""
+
+
+def local_rank(environ=os.environ) -> int:
+    """This process's rank on its node (0 without a launcher)."""
+    for name in LOCAL_RANK_VARIABLES:
+        if environ.get(name, "").strip().isdigit():
+            return int(environ[name])
+    return 0
+
+
+def visible_gpus(environ=os.environ) -> int:
+    """GPUs this process may use: the entries of CUDA_VISIBLE_DEVICES (as SLURM sets it for
+    --gpus), else what torch sees, else 1 (let the platform pick its default device)."""
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip()]) or 1
+    try:
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    except ImportError:
+        return 1
+
+
+def gpu_device(environ=os.environ) -> int:
+    """The GPU (index among the visible ones) this rank uses: local rank modulo visible GPUs,
+    so ranks on a node spread over its GPUs and share them evenly when there are more ranks."""
+    return local_rank(environ) % visible_gpus(environ)
+
+
+def cpu_threads(pinned: bool) -> int:
+    """OpenMM CPU threads: one when pinned, else every core of this process's affinity mask
+    (what the scheduler gave it: cpus_per_task under SLURM)."""
+    if pinned or not hasattr(os, "sched_getaffinity"):
+        return 1
+    return len(os.sched_getaffinity(0))
+
+
 def available_platforms() -> list[str]:
     import openmm
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from cgflow.io import package_versions, write_parquet
 from cgflow.sampling.engine import MDSettings, ReplicaFrames, make_context, open_workdir, replica_seed, replicas, run_replica
-from cgflow.sampling.platform import choose_platform, pin_to_free_core, platform_properties
+from cgflow.sampling.platform import (choose_platform, cpu_threads, gpu_device, pin_to_free_core,
+                                      platform_properties)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     if steps is not None:
         settings = replace(settings, steps=steps)
     walkers = walker_block(sampling.walkers, size, rank)
-    if sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference"):
+    pinned = sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference")
+    if pinned:
         pin_to_free_core()
     workdir = Path(out_dir) / ".work" / f"rank-{rank:03d}-of-{size:03d}"
     job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers,
@@ -86,7 +88,8 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
         )
 
     platform = open_workdir(workdir, job, choose)
-    properties = platform_properties(platform)
+    properties = platform_properties(platform, device_index=gpu_device(), threads=cpu_threads(pinned))
+    log.info("rank %d of %d: walkers %d-%d on %s %s", rank, size, walkers[0], walkers[-1], platform, properties)
     progress = _Progress(len(walkers) * (settings.steps + settings.equilibration))
     frames = [
         run_replica(system, group, settings, platform, properties,

@@ -90,3 +90,17 @@ def test_sample_rule_launches_under_mpi_resources(tmp_path, cli_env):
     assert "mpiexec -n 2 cgflow sample" in dry.stdout
     plain = subprocess.run(cmd, capture_output=True, text=True, env=cli_env)
     assert "mpiexec" not in plain.stdout and "cgflow sample" in plain.stdout
+
+
+def test_each_rank_takes_a_gpu_by_local_rank_and_cpu_threads_follow_pinning():
+    from cgflow.sampling.platform import cpu_threads, gpu_device, local_rank, platform_properties
+
+    assert local_rank({}) == 0
+    assert local_rank({"SLURM_LOCALID": "3"}) == 3 and local_rank({"OMPI_COMM_WORLD_LOCAL_RANK": "2"}) == 2
+    assert local_rank({"MPI_LOCALRANKID": "1"}) == 1
+    four = {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    assert [gpu_device({**four, "SLURM_LOCALID": str(r)}) for r in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert gpu_device({"CUDA_VISIBLE_DEVICES": "5", "SLURM_LOCALID": "3"}) == 0  # one GPU given: index 0
+    assert platform_properties("CUDA", device_index=2) == {"DeviceIndex": "2"}
+    assert platform_properties("CPU", device_index=2, threads=4) == {"Threads": "4"}
+    assert cpu_threads(True) == 1 and cpu_threads(False) >= 1
