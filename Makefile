@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.cgflow-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run report test test-fast bench bench-rounds bench-cg clean-results
+.PHONY: install run report test test-fast bench bench-rounds bench-cg bench-ccg bench-mpi slurm-up slurm-down clean-results
 
 install: $(STAMP)
 
@@ -44,6 +44,21 @@ bench-rounds: install
 # bead CG on alanine: FM vs RE FES RMSE, stability at 2 fs, largest stable dt, CG/FG speed, long Henderson check
 bench-cg: install
 	$(BIN)/python tests/benchmarks/bench_cg.py
+
+# cycle CG on toys: flow-only free energies vs quadrature, cost vs FG MD, the ESS trust cut
+bench-ccg: install
+	$(BIN)/python tests/benchmarks/bench_ccg.py --fg --trust-study
+
+# walker throughput with 1 vs 2 MPI ranks; per-job overhead of SLURM vs local (needs make slurm-up)
+bench-mpi: install
+	$(BIN)/python tests/benchmarks/bench_mpi.py
+
+# a single-node SLURM cluster on this machine (root, Debian) for tests/hpc/test_slurm.py
+slurm-up:
+	bash .ci/slurm_up.sh
+
+slurm-down:
+	bash .ci/slurm_down.sh
 
 clean-results:
 	rm -rf results .snakemake

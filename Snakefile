@@ -30,6 +30,7 @@ include: "workflow/rules/guide.smk"
 include: "workflow/rules/peers.smk"
 include: "workflow/rules/analyze.smk"
 include: "workflow/rules/cg.smk"
+include: "workflow/rules/ccg.smk"
 
 
 rule all:

@@ -117,6 +117,20 @@ def cmd_cg_train(args) -> None:
     write_objective(_campaign(args.config), args.objective, Path(args.fg), Path(args.out_dir))
 
 
+def cmd_reconstruct(args) -> None:
+    from cgflow.reconstruction.campaign import write_flow
+
+    write_flow(_campaign(args.config), Path(args.out_dir), [Path(p) for p in args.samples or []])
+
+
+def cmd_ccg_fes(args) -> None:
+    from cgflow.reconstruction.campaign import write_ccg_fes
+
+    flow = Path(args.flow)
+    write_ccg_fes(_campaign(args.config), flow, Path(args.flow_json) if args.flow_json else flow.with_suffix(".json"),
+                  Path(args.out_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -221,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fg", required=True, help="fg_mapped.npz from cg-sample")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_cg_train)
+
+    p = sub.add_parser("reconstruct", help="train the ccg reconstruction flow q(y|s) by reverse KL on the FG energy")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out-dir", required=True, help="ccg/; flow.pt, flow.json and train.json go here")
+    p.add_argument("--samples", nargs="*", help="samples.parquet of the rounds (for samples conditioning or the NLL)")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("ccg-fes", help="free energy at every grid point from the flow alone (importance sampling, ESS)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--flow", required=True, help="flow.pt from cgflow reconstruct")
+    p.add_argument("--flow-json", help="its flow.json (default: beside flow.pt)")
+    p.add_argument("--out-dir", required=True, help="ccg/; ccg_fes.csv, diagnostics.csv, ccg_fes.png, summary.json")
+    p.set_defaults(func=cmd_ccg_fes)
     return parser
 
 

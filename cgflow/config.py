@@ -305,6 +305,32 @@ class CGConfig:
 
 
 @dataclass(frozen=True)
+class CCGConfig:
+    """The optional ``ccg:`` section (cycle coarse graining, METHODS.md §2); see config/README.md."""
+
+    transforms: int
+    hidden: tuple[int, ...]
+    bins: int
+    steps: int
+    batch: int
+    lr: float
+    conditioning: str
+    nll_weight: float
+    checkpoint_interval: int
+    samples_per_point: int
+    grid_points: tuple[int, ...]
+    min_ess_fraction: float
+    min_ess: float
+    bootstrap: int
+    max_pareto_k: float | None = None
+
+    @property
+    def needs_fg_samples(self) -> bool:
+        """Whether training reads the rounds' FG frames (samples conditioning or a forward NLL)."""
+        return self.conditioning == "samples" or self.nll_weight > 0
+
+
+@dataclass(frozen=True)
 class Campaign:
     """The validated campaign config; ``resolved`` is the dict with every default filled in."""
 
@@ -326,7 +352,12 @@ class Campaign:
         """Hash of the config keys a stage's result depends on (so e.g. analysis-only edits
         do not rerun or invalidate sampling). ``guidance`` covers the biased rounds (training,
         bias, later sampling); the number of rounds is left out, so adding rounds keeps the
-        earlier ones."""
+        earlier ones. ``ccg`` covers the reconstruction flow (not its estimation keys)."""
+        if stage == "ccg":  # the flow depends on the energy, temperature, flow and training keys only
+            c = self.resolved["ccg"]
+            return config_hash({"seed": self.seed, "system": self.resolved["system"],
+                                "temperature": self.resolved["sampling"]["temperature"],
+                                "flow": c["flow"], "train": c["train"]})
         keys = {"sampling": ("seed", "system", "sampling"), "guidance": ("seed", "system", "sampling", "guidance")}
         chosen = {k: self.resolved[k] for k in keys[stage]}
         if "guidance" in chosen:
@@ -378,6 +409,20 @@ class Campaign:
         for key in ("objectives", "prior", "hidden"):
             c[key] = tuple(c[key])
         return CGConfig(**c)
+
+    @cached_property
+    def ccg(self) -> CCGConfig | None:
+        """The cycle-coarse-graining stage's settings, or None without a ``ccg:`` section."""
+        c = self.resolved.get("ccg")
+        if c is None:
+            return None
+        e = c["estimate"]
+        grid = e["grid_points"]
+        return CCGConfig(transforms=c["flow"]["transforms"], hidden=tuple(c["flow"]["hidden"]), bins=c["flow"]["bins"],
+                         **c["train"], samples_per_point=e["samples_per_point"],
+                         grid_points=tuple(grid) if isinstance(grid, list) else (grid,) * len(self.system.cvs),
+                         min_ess_fraction=e["min_ess_fraction"], min_ess=e["min_ess"], bootstrap=e["bootstrap"],
+                         max_pareto_k=e.get("max_pareto_k"))
 
     @property
     def rounds(self) -> list[int]:
@@ -519,6 +564,29 @@ def _check_molecule(s: dict) -> None:
         raise ConfigError(f"system.cv: {_short(s['cv'])} names a CV twice; give each of phi, psi at most once")
 
 
+def _check_ccg(config: dict) -> None:
+    """ccg needs a toy whose CVs are linear in the coordinates its energy uses, with some left over."""
+    s = config["system"]
+    if s["type"] != "toy":
+        raise ConfigError(f"ccg: cycle coarse graining is implemented for toy systems only, not {s['type']!r}; "
+                          "remove the ccg section")
+    from cgflow.reconstruction.energy import LinearCVGeometry
+    from cgflow.systems.toy import CV, ToySystem
+
+    toy = ToySystem(_toy_energy(s), tuple(CV(n, e) for n, e in _cv_items(s["cv"])),
+                    {k: tuple(v) for k, v in s["box"].items()})
+    try:
+        LinearCVGeometry.from_toy(toy)
+    except ValueError as exc:
+        raise ConfigError(f"ccg: system.cv {_short(s['cv'])} cannot be used: {exc}") from None
+    e = config["ccg"]["estimate"]
+    n_cvs = len(_cv_items(s["cv"]))
+    e.setdefault("grid_points", config["analysis"]["bins"])
+    if isinstance(e["grid_points"], list) and len(e["grid_points"]) != n_cvs:
+        raise ConfigError(f"ccg.estimate.grid_points: {e['grid_points']} has {len(e['grid_points'])} entries for "
+                          f"{n_cvs} CV(s); give one number or one per CV")
+
+
 def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     """Validate ``raw`` and return it with every default filled in (raises ConfigError)."""
     if not isinstance(raw, dict):
@@ -562,6 +630,8 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
         g["initial_bias"] = str(path.absolute())
     if ref not in ("exact", "none", "metadynamics_long"):
         config["analysis"]["reference"] = str(path.absolute())
+    if "ccg" in config:
+        _check_ccg(config)
     smp = config["sampling"]
     if smp["report_interval"] > smp["steps"]:
         raise ConfigError(f"sampling.report_interval: {smp['report_interval']} is not allowed; it must be <= sampling.steps ({smp['steps']})")

@@ -93,6 +93,20 @@ def cg_targets():
             for name in ("summary.json", "fes.csv", "model.pt", "train.json", "cg_md.dcd")]
 
 
+def ccg_targets():
+    """The ccg stage's final files (empty without a ccg section); workflow/rules/ccg.smk."""
+    if CAMPAIGN.ccg is None:
+        return []
+    return [f"{RESULTS}/ccg/{name}" for name in ("flow.pt", "ccg_fes.csv", "diagnostics.csv", "ccg_fes.png", "summary.json")]
+
+
+def ccg_samples():
+    """Every round's samples when the flow trains on FG frames (samples conditioning or NLL), else none."""
+    if CAMPAIGN.ccg is None or not CAMPAIGN.ccg.needs_fg_samples:
+        return []
+    return [f"{round_dir(k)}/samples.parquet" for k in ROUNDS]
+
+
 def campaign_targets():
     return [
         f"{RESULTS}/fes.csv",
@@ -100,6 +114,7 @@ def campaign_targets():
         *(f"{RESULTS}/plots/{name}.png" for name in ("fes", "cv_histogram", "walker_traces")),
         *([f"{RESULTS}/plots/convergence.png"] if has_reference() else []),
         *cg_targets(),  # workflow/rules/cg.smk; empty without a cg: section
+        *ccg_targets(),  # workflow/rules/ccg.smk; empty without a ccg: section
     ]
 
 

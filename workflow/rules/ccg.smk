@@ -1,0 +1,54 @@
+"""Cycle coarse graining (METHODS.md §2): train the reconstruction flow, then F(s) from it alone.
+
+Only requested when the config has a ``ccg:`` section (see ``ccg_targets`` in common.smk);
+outputs under results/<campaign>/ccg/. With the default grid conditioning and no NLL the flow
+needs the config only (no FG frames); otherwise it reads every round's samples.
+"""
+
+
+rule reconstruct:
+    input:
+        # config is ancient(): params.config_hash (flow + training keys) decides reruns
+        config=ancient(CONFIG_FILE),
+        samples=ccg_samples(),
+    output:
+        flow=f"{RESULTS}/ccg/flow.pt",
+        flow_json=f"{RESULTS}/ccg/flow.json",
+        history=f"{RESULTS}/ccg/train.json",
+    params:
+        config_hash=CAMPAIGN.stage_hash("ccg") if CAMPAIGN.ccg else "",
+        samples=lambda wildcards, input: f"--samples {input.samples}" if input.samples else "",
+        out_dir=lambda wildcards, output: Path(output.flow).parent,
+    threads: 1
+    log:
+        f"{RESULTS}/logs/ccg-reconstruct.log",
+    conda:
+        ENV
+    message:
+        "Training the reconstruction flow q(y|s) by reverse KL on the FG energy"
+    shell:
+        "cgflow reconstruct --config {input.config} --out-dir {params.out_dir} {params.samples} > {log} 2>&1"
+
+
+rule ccg_fes:
+    input:
+        config=CONFIG_FILE,
+        flow=rules.reconstruct.output.flow,
+        flow_json=rules.reconstruct.output.flow_json,
+    output:
+        fes=report(f"{RESULTS}/ccg/ccg_fes.csv", category="Cycle coarse graining"),
+        diagnostics=f"{RESULTS}/ccg/diagnostics.csv",
+        plot=report(f"{RESULTS}/ccg/ccg_fes.png", category="Cycle coarse graining"),
+        summary=f"{RESULTS}/ccg/summary.json",
+    params:
+        out_dir=lambda wildcards, output: Path(output.fes).parent,
+    threads: 1
+    log:
+        f"{RESULTS}/logs/ccg-fes.log",
+    conda:
+        ENV
+    message:
+        "Free energy at every grid point from the flow alone (importance sampling, ESS trust flags)"
+    shell:
+        "cgflow ccg-fes --config {input.config} --flow {input.flow} --flow-json {input.flow_json} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
