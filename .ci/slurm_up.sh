@@ -19,6 +19,7 @@ MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 DB_PASS=cgflow-ci-only
 
 log() { echo "slurm_up: $*"; }
+trap 'echo "slurm_up: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 if [[ $EUID -ne 0 ]]; then
     echo "slurm_up: needs root (installs Debian packages and starts system daemons)" >&2
@@ -96,9 +97,9 @@ EOF
 
 pgrep -x slurmdbd >/dev/null || slurmdbd
 for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
-sacctmgr -n list cluster format=cluster | grep -qw "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER" >/dev/null
-sacctmgr -n list account format=account | grep -qw cgflow-test || sacctmgr -i add account cgflow-test cluster="$CLUSTER" >/dev/null
-sacctmgr -n list assoc user="$(id -un)" format=account | grep -qw cgflow-test \
+sacctmgr -n -P list cluster format=cluster | grep -qw "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER" >/dev/null
+sacctmgr -n -P list account format=account | grep -qw cgflow-test || sacctmgr -i add account cgflow-test cluster="$CLUSTER" >/dev/null
+sacctmgr -n -P list assoc user="$(id -un)" format=account | grep -qw cgflow-test \
     || sacctmgr -i add user "$(id -un)" account=cgflow-test cluster="$CLUSTER" >/dev/null
 
 pgrep -x slurmctld >/dev/null || slurmctld

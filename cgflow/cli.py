@@ -131,6 +131,13 @@ def cmd_ccg_fes(args) -> None:
                   Path(args.out_dir))
 
 
+def cmd_ccg_compare(args) -> None:
+    from cgflow.reconstruction.compare import write_comparison
+
+    write_comparison(_campaign(args.config), Path(args.ccg_fes), Path(args.ccg_summary), Path(args.fes),
+                     Path(args.summary), Path(args.out_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -248,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-json", help="its flow.json (default: beside flow.pt)")
     p.add_argument("--out-dir", required=True, help="ccg/; ccg_fes.csv, diagnostics.csv, ccg_fes.png, summary.json")
     p.set_defaults(func=cmd_ccg_fes)
+
+    p = sub.add_parser("ccg-compare", help="the CCG free energy beside the rounds' FES and the reference")
+    p.add_argument("--config", required=True)
+    p.add_argument("--ccg-fes", required=True, help="ccg_fes.csv from cgflow ccg-fes")
+    p.add_argument("--ccg-summary", required=True, help="its summary.json (energy evaluations)")
+    p.add_argument("--fes", required=True, help="the campaign's fes.csv")
+    p.add_argument("--summary", required=True, help="the campaign's summary.json (FG steps)")
+    p.add_argument("--out-dir", required=True, help="ccg/; comparison.csv, comparison.json, comparison.png")
+    p.set_defaults(func=cmd_ccg_compare)
     return parser
 
 

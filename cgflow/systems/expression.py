@@ -133,7 +133,7 @@ def parse(text: str, variables: tuple[str, ...] = COORDINATES) -> Expression:
     if unknown:
         raise ExpressionError(f"unknown variable(s) {sorted(unknown)} (allowed: {', '.join(variables)})")
     used = tuple(v for v in variables if symbols[v] in expr.free_symbols)
-    fn = sp.lambdify([symbols[v] for v in used], expr, modules="numpy")
+    fn = sp.lambdify([symbols[v] for v in used], expr, modules=["numpy", "scipy"])  # scipy: erf, erfc on arrays
     return Expression(text=text, variables=used, _fn=fn)
 
 

@@ -52,3 +52,28 @@ rule ccg_fes:
     shell:
         "cgflow ccg-fes --config {input.config} --flow {input.flow} --flow-json {input.flow_json} "
         "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule ccg_compare:
+    input:
+        config=CONFIG_FILE,
+        ccg_fes=rules.ccg_fes.output.fes,
+        ccg_summary=rules.ccg_fes.output.summary,
+        fes=f"{RESULTS}/fes.csv",
+        summary=f"{RESULTS}/summary.json",
+    output:
+        table=f"{RESULTS}/ccg/comparison.csv",
+        result=f"{RESULTS}/ccg/comparison.json",
+        plot=report(f"{RESULTS}/ccg/comparison.png", category="Cycle coarse graining"),
+    params:
+        out_dir=lambda wildcards, output: Path(output.table).parent,
+    threads: 1
+    log:
+        f"{RESULTS}/logs/ccg-compare.log",
+    conda:
+        ENV
+    message:
+        "The CCG free energy beside the rounds' FES and the reference, with their costs"
+    shell:
+        "cgflow ccg-compare --config {input.config} --ccg-fes {input.ccg_fes} --ccg-summary {input.ccg_summary} "
+        "--fes {input.fes} --summary {input.summary} --out-dir {params.out_dir} > {log} 2>&1"

@@ -97,7 +97,8 @@ def ccg_targets():
     """The ccg stage's final files (empty without a ccg section); workflow/rules/ccg.smk."""
     if CAMPAIGN.ccg is None:
         return []
-    return [f"{RESULTS}/ccg/{name}" for name in ("flow.pt", "ccg_fes.csv", "diagnostics.csv", "ccg_fes.png", "summary.json")]
+    return [f"{RESULTS}/ccg/{name}" for name in ("flow.pt", "ccg_fes.csv", "diagnostics.csv", "ccg_fes.png", "summary.json",
+                                                 "comparison.csv", "comparison.json", "comparison.png")]
 
 
 def ccg_samples():
