@@ -45,9 +45,11 @@ bench-rounds: install
 bench-cg: install
 	$(BIN)/python tests/benchmarks/bench_cg.py
 
-# cycle CG on toys: flow-only free energies vs quadrature, cost vs FG MD, the ESS trust cut
+# cycle CG: toys (flow-only free energies vs quadrature, cost vs FG MD, the ESS trust cut), then
+# alanine dipeptide's phi/psi FES from the energy alone vs the shipped reference (~10 min)
 bench-ccg: install
 	$(BIN)/python tests/benchmarks/bench_ccg.py --fg --trust-study
+	$(BIN)/python tests/benchmarks/bench_ccg_alanine.py
 
 # walker throughput with 1 vs 2 MPI ranks; per-job overhead of SLURM vs local (needs make slurm-up)
 bench-mpi: install

@@ -33,12 +33,14 @@ class ConditionalFlow(torch.nn.Module):
     """
 
     def __init__(self, features: int, context: int, transforms: int = 3, hidden=(64, 64), bins: int = 8,
-                 y_loc=None, y_scale=None, s_loc=None, s_scale=None):
+                 y_loc=None, y_scale=None, s_loc=None, s_scale=None, passes: int | None = None):
         super().__init__()
         self.hparams = {"features": int(features), "context": int(context), "transforms": int(transforms),
                         "hidden": [int(h) for h in hidden], "bins": int(bins)}
+        if passes is not None:  # 2: coupling layers, sampled in two passes instead of one per feature
+            self.hparams["passes"] = int(passes)
         self.flow = zuko.flows.NSF(features, context, bins=bins, transforms=transforms,
-                                   hidden_features=tuple(hidden))
+                                   hidden_features=tuple(hidden), passes=passes)
 
         def buffer(value, n, fill):
             v = torch.full((n,), float(fill)) if value is None else torch.as_tensor(value, dtype=torch.float32).reshape(n)
