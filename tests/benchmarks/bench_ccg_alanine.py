@@ -34,7 +34,6 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from cgflow.analysis.reference import find_reference
     from cgflow.reconstruction.alanine import Backbone, OpenMMEnergy, context_features
     from cgflow.reconstruction.flow import ConditionalFlow
     from cgflow.systems.alanine import AlanineDipeptide
@@ -74,12 +73,15 @@ def main() -> None:
             print(f"step {step:5d}  loss {loss.item():10.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     train_evals, train_s = energy.evaluations, time.perf_counter() - t0
 
-    reference = find_reference_csv(find_reference)
+    reference = find_reference_csv()
     ref = pd.read_csv(reference)
     flow.eval()
     t1 = time.perf_counter()
     grid = ref[["phi", "psi"]].to_numpy()
     F, ess = np.empty(len(ref)), np.empty(len(ref))
+    U_all = np.empty((len(ref), args.samples))
+    logw_all = np.empty((len(ref), args.samples))
+    bonds_all = np.empty((len(ref), args.samples, len(HEAVY_BONDS)))
     with torch.no_grad():
         for start in range(0, len(grid), 32):
             block = torch.as_tensor(np.repeat(grid[start:start + 32], args.samples, axis=0))
@@ -87,6 +89,9 @@ def main() -> None:
             u, _ = energy(xyz.numpy())
             logw = (-u / kT - logq.numpy()).reshape(-1, args.samples)
             logw = np.where(np.isfinite(logw), logw, -np.inf)
+            rows = slice(start, start + len(logw))
+            U_all[rows], logw_all[rows] = u.reshape(-1, args.samples), logw
+            bonds_all[rows] = heavy_bonds(xyz.numpy()).reshape(len(logw), args.samples, -1)
             top = logw.max(axis=1, keepdims=True)
             w = np.exp(logw - top)
             F[start:start + 32] = -kT * (top[:, 0] + np.log(w.mean(axis=1)))
@@ -107,6 +112,24 @@ def main() -> None:
         print(f"ESS/M >= {cut:<4g}: RMSE vs reference {rmse:6.2f} kJ/mol over {ok.sum()} of {region.sum()} points "
               f"with F_ref < 20 kJ/mol ({(region & ~trusted).sum()} untrusted)")
     result["ess_fraction_median_region"] = float(np.median(ess[region] / args.samples))
+    # the reconstruction's own ensemble: grid points weighted by exp(-F_ccg/kT), samples by their
+    # self-normalised importance weights; against plain FG MD (bond lengths, energy distribution)
+    weights = np.exp(logw_all - logw_all.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    point = np.exp(-(F - np.nanmin(F)) / kT)
+    weights *= (point / point.sum())[:, None]
+    fg_u, fg_bonds = fg_md(system, ala.initial_positions(), kT)
+    rec_bonds = np.einsum("ps,psb->b", weights, bonds_all)
+    bond_dev = np.abs(rec_bonds - fg_bonds.mean(axis=0))
+    edges = np.linspace(min(fg_u.min(), np.percentile(U_all, 0.1)), max(fg_u.max(), np.percentile(U_all, 99.9)), 61)
+    p_fg = np.histogram(fg_u, edges)[0] / len(fg_u)
+    p_rec = np.histogram(U_all.ravel(), edges, weights=weights.ravel())[0]
+    overlap = float(np.minimum(p_fg, p_rec / max(p_rec.sum(), 1e-300)).sum())
+    result.update(heavy_bond_max_dev_nm=float(bond_dev.max()), energy_overlap=overlap,
+                  fg_mean_energy_kJmol=float(fg_u.mean()), rec_mean_energy_kJmol=float((weights * U_all).sum()))
+    print(f"vs FG MD ({len(fg_u)} frames): heavy-atom bond means within {bond_dev.max():.4f} nm "
+          f"(target 0.005), energy distribution overlap {overlap:.2f}, mean energy "
+          f"{result['rec_mean_energy_kJmol']:.1f} vs {fg_u.mean():.1f} kJ/mol")
     ref_json = json.loads(reference.with_suffix(".json").read_text())
     result["reference_fg_steps"] = ref_json.get("fg_steps")
     print(f"cost: {energy.evaluations} energy evaluations ({train_evals} training, {train_s:.0f} s; "
@@ -116,7 +139,34 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=2))
 
 
-def find_reference_csv(find_reference) -> Path:
+HEAVY_BONDS = ((1, 4), (4, 5), (4, 6), (6, 8), (8, 10), (8, 14), (14, 15), (14, 16), (16, 18))
+
+
+def heavy_bonds(xyz: np.ndarray) -> np.ndarray:
+    """Lengths (nm) of the nine heavy-atom bonds, (n, 9), for positions (n, 22, 3)."""
+    return np.stack([np.linalg.norm(xyz[:, i] - xyz[:, j], axis=-1) for i, j in HEAVY_BONDS], -1)
+
+
+def fg_md(system, positions, kT: float, steps: int = 500_000, every: int = 100):
+    """Potential energies (kJ/mol) and heavy-atom bond lengths of a plain 300 K FG run (2 fs, HBonds)."""
+    import openmm
+
+    integrator = openmm.LangevinMiddleIntegrator(300.0, 1.0, 0.002)
+    integrator.setRandomNumberSeed(7)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    context.setPositions(positions)
+    context.setVelocitiesToTemperature(300.0, 7)
+    integrator.step(20_000)
+    energies, bonds = [], []
+    for _ in range(steps // every):
+        integrator.step(every)
+        state = context.getState(getEnergy=True, getPositions=True)
+        energies.append(state.getPotentialEnergy()._value)
+        bonds.append(heavy_bonds(state.getPositions(asNumpy=True)._value[None])[0])
+    return np.array(energies), np.array(bonds)
+
+
+def find_reference_csv() -> Path:
     """The shipped alanine (vacuum, phi/psi, 300 K) metadynamics_long reference."""
     import glob
 
