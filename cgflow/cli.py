@@ -108,7 +108,12 @@ def cmd_plot(args) -> None:
 def cmd_cg_sample(args) -> None:
     from cgflow.training.bead_campaign import write_fg_mapped
 
-    write_fg_mapped(_campaign(args.config), Path(args.out))
+    rounds = None
+    if args.forces:
+        if not (args.samples and args.weights) or len(args.samples) != len(args.forces):
+            raise SystemExit("cgflow cg-sample: --forces needs --samples of the same rounds and --weights")
+        rounds = ([Path(p) for p in args.samples], [Path(p) for p in args.forces], Path(args.weights))
+    write_fg_mapped(_campaign(args.config), Path(args.out), rounds)
 
 
 def cmd_cg_train(args) -> None:
@@ -231,9 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("cg-sample", help="FG run recording mapped bead positions and forces for the cg stage")
+    p = sub.add_parser("cg-sample", help="mapped bead positions and forces for the cg stage (own FG run or the rounds)")
     p.add_argument("--config", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="fg_mapped.npz")
+    p.add_argument("--samples", nargs="*", help="samples.parquet of rounds 0..N (cg.fg_data: rounds)")
+    p.add_argument("--forces", nargs="*", help="forces.npz of rounds 0..N, in the same order")
+    p.add_argument("--weights", help="the last round's weights.parquet (unbiased weights of every frame)")
     p.set_defaults(func=cmd_cg_sample)
 
     p = sub.add_parser("cg-train", help="train a bead CG potential with one objective, run CG MD, score its FES")

@@ -274,6 +274,7 @@ class CGConfig:
 
     map: str
     objectives: tuple[str, ...]
+    fg_data: str
     fg_steps: int
     fg_stride: int
     prior: tuple[str, ...]
@@ -352,7 +353,15 @@ class Campaign:
         """Hash of the config keys a stage's result depends on (so e.g. analysis-only edits
         do not rerun or invalidate sampling). ``guidance`` covers the biased rounds (training,
         bias, later sampling); the number of rounds is left out, so adding rounds keeps the
-        earlier ones. ``ccg`` covers the reconstruction flow (not its estimation keys)."""
+        earlier ones. ``ccg`` covers the reconstruction flow (not its estimation keys); ``cg_data``
+        the bead-CG stage's FG data, ``cg`` its models."""
+        if stage in ("cg_data", "cg"):
+            c = self.resolved["cg"]
+            data = {k: c[k] for k in ("fg_data", "fg_steps", "fg_stride", "map")}
+            return config_hash({"sampling": self.stage_hash("guidance" if c["fg_data"] == "rounds" else "sampling"),
+                                "rounds": self.guidance.rounds if c["fg_data"] == "rounds" else None,
+                                **({"data": data} if stage == "cg_data" else
+                                   {"cg": {k: v for k, v in c.items() if k != "objectives"}})})
         if stage == "ccg":  # the flow depends on the energy, temperature, flow and training keys only
             c = self.resolved["ccg"]
             return config_hash({"seed": self.seed, "system": self.resolved["system"],
@@ -423,6 +432,11 @@ class Campaign:
                          grid_points=tuple(grid) if isinstance(grid, list) else (grid,) * len(self.system.cvs),
                          min_ess_fraction=e["min_ess_fraction"], min_ess=e["min_ess"], bootstrap=e["bootstrap"],
                          max_pareto_k=e.get("max_pareto_k"))
+
+    @property
+    def records_forces(self) -> bool:
+        """Whether the sampling rounds also write their frames' FG forces (the cg stage learns from them)."""
+        return self.cg is not None and self.cg.fg_data == "rounds"
 
     @property
     def rounds(self) -> list[int]:

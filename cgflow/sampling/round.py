@@ -5,6 +5,10 @@ MD step), ``time_ps``, the CV columns (nm for toys, radians for dihedrals),
 ``potential_energy_kJmol`` (the FG potential without bias), ``bias_energy_kJmol``, and for toys
 the particle position ``x_nm``, ``y_nm``, ``z_nm``. Its metadata (key ``cgflow``) carries the
 provenance: config hash, seed, round, platform, package versions, wall time.
+
+When the bead-CG stage learns from the rounds (``cg.fg_data: rounds``), ``forces.npz`` holds
+every frame's positions (nm) and FG forces without the bias (kJ/mol/nm), as ``walker``,
+``step``, ``positions``, ``forces`` in the row order of ``samples.parquet``.
 """
 
 from __future__ import annotations
@@ -69,9 +73,10 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     if pinned:
         pin_to_free_core()
     workdir = Path(out_dir) / ".work" / f"rank-{rank:03d}-of-{size:03d}"
+    record_forces = campaign.records_forces
     job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers,
            "steps": settings.steps, "bias": _digest(bias.values if bias is not None else None),
-           "starts": _digest(starts)}
+           "starts": _digest(starts), "forces": record_forces}
     groups = replicas(system, walkers)
 
     def start_of(group):
@@ -94,7 +99,7 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     frames = [
         run_replica(system, group, settings, platform, properties,
                     replica_seed(campaign.seed, round_index, group[0]),
-                    workdir / f"replica-{group[0]:05d}", progress, bias, start_of(group))
+                    workdir / f"replica-{group[0]:05d}", progress, bias, start_of(group), record_forces)
         for group in groups
     ]
     return frames, platform
@@ -128,6 +133,19 @@ def frames_table(frames: list[ReplicaFrames], cv_names, timestep: float, toy: bo
         parts.append(pd.DataFrame(cols))
     table = pd.concat(parts, ignore_index=True)
     return table.sort_values(["walker", "step"], kind="stable").reset_index(drop=True)
+
+
+def write_forces(frames: list[ReplicaFrames], path: Path) -> None:
+    """``forces.npz`` of one molecule round (one walker per replica), rows ordered as samples.parquet."""
+    from cgflow.io import atomic_path
+
+    ordered = sorted(frames, key=lambda fr: fr.walkers[0])
+    walker = np.concatenate([np.full(len(fr.step), fr.walkers[0], dtype=np.int32) for fr in ordered])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, walker=walker, step=np.concatenate([fr.step for fr in ordered]),
+                     positions=np.concatenate([fr.positions for fr in ordered]),
+                     forces=np.concatenate([fr.forces for fr in ordered]))
 
 
 def write_trajectories(system, frames: list[ReplicaFrames], traj_dir: Path, timestep: float) -> None:
@@ -184,6 +202,8 @@ def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None
     out_dir = Path(out_dir)
     if not system.is_toy:
         write_trajectories(system.build(), frames, out_dir / "traj", campaign.sampling.timestep)
+    if campaign.records_forces:
+        write_forces(frames, out_dir / "forces.npz")
     write_parquet(table, out_dir / "samples.parquet", provenance)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
     log.info("wrote %s: %d frames of %d walkers on %s", out_dir / "samples.parquet", len(table),

@@ -3,8 +3,10 @@
 Functions here are what ``cgflow cg-sample`` and ``cgflow cg-train`` (and the benchmark) call;
 each reads and writes plain files under ``results/<campaign>/cg/``. The FG data are the
 mapped bead positions and mapped *unbiased* forces of alanine dipeptide's 10 heavy atoms
-(``fg_mapped.npz``); CG MD runs in torch (:mod:`cgflow.sampling.cg_md`) and its (phi, psi)
-FES is scored against the FG histogram FES with :func:`cgflow.analysis.fes.compare_to_reference`.
+(``fg_mapped.npz``), from the stage's own unbiased run or from the biased sampling rounds with
+each frame's unbiased weight (``weights``), which every FG average here then uses; CG MD runs
+in torch (:mod:`cgflow.sampling.cg_md`) and its (phi, psi) FES is scored against the
+(reweighted) FG histogram FES with :func:`cgflow.analysis.fes.compare_to_reference`.
 """
 
 from __future__ import annotations
@@ -36,10 +38,8 @@ def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=10
     from cgflow.sampling.engine import MDSettings, make_context
     from cgflow.sampling.platform import platform_properties
     from cgflow.systems.alanine import AlanineDipeptide
-    from cgflow.systems.cg_map import alanine_map
 
     system = AlanineDipeptide(solvent)
-    cmap = alanine_map()
     settings = MDSettings(temperature, timestep, friction, steps, equilibration, stride, steps)
     context, integrator = make_context(system, 1, settings, platform, platform_properties(platform), seed)
     context.setVelocitiesToTemperature(temperature * u.kelvin, seed)
@@ -52,11 +52,47 @@ def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=10
         pos.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
         frc.append(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
     wall = time.perf_counter() - t0
-    masses = np.array([context.getSystem().getParticleMass(i).value_in_unit(u.dalton) for i in range(system.n_atoms)])
-    pos, frc = np.asarray(pos), np.asarray(frc)
-    return {"x": cmap.map_positions(pos), "f": cmap.map_forces(frc), "phipsi": system.cv_values(pos),
-            "masses": (cmap.force > 0).astype(float) @ masses, "steps_per_s": steps / wall,
+    return mapped_frames(system, np.asarray(pos), np.asarray(frc), temperature, steps / wall)
+
+
+def mapped_frames(system, positions: np.ndarray, forces: np.ndarray, temperature: float, steps_per_s: float,
+                  weights: np.ndarray | None = None) -> dict:
+    """The cg stage's FG data from all-atom frames (n, 22, 3) nm and their unbiased forces (kJ/mol/nm)."""
+    from cgflow.systems.cg_map import alanine_map
+
+    cmap = alanine_map()
+    import openmm.unit as u
+
+    omm = system.create_system()
+    masses = np.array([omm.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.n_atoms)])
+    data = {"x": cmap.map_positions(positions), "f": cmap.map_forces(forces), "phipsi": system.cv_values(positions),
+            "masses": (cmap.force > 0).astype(float) @ masses, "steps_per_s": steps_per_s,
             "temperature": temperature}
+    if weights is not None:
+        data["weights"] = np.asarray(weights, dtype=float) / np.sum(weights)
+    return data
+
+
+def rounds_mapped(campaign, sample_paths, force_paths, weights_path) -> dict:
+    """The cg stage's FG data from every sampling round: frames and forces from ``forces.npz``,
+    unbiased weights from the last round's ``weights.parquet`` (TRAM/MBAR over all rounds)."""
+    import pandas as pd
+
+    from cgflow.analysis.reweight import attach_weights
+    from cgflow.io import read_provenance
+    from cgflow.systems.alanine import AlanineDipeptide
+
+    positions, forces, keys, steps, wall = [], [], [], 0, 0.0
+    for k, (samples, frames) in enumerate(zip(sample_paths, force_paths)):
+        with np.load(frames) as f:
+            positions.append(f["positions"])
+            forces.append(f["forces"])
+            keys.append(pd.DataFrame({"round": k, "walker": f["walker"], "step": f["step"]}))
+        meta = read_provenance(samples)
+        steps, wall = steps + meta["fg_steps"], wall + meta["md_wall_s"]
+    weights = attach_weights(pd.concat(keys, ignore_index=True), weights_path)["weight"].to_numpy()
+    return mapped_frames(AlanineDipeptide(campaign.system.solvent), np.concatenate(positions), np.concatenate(forces),
+                         campaign.sampling.temperature, steps / max(wall, 1e-9), weights)
 
 
 def save_npz(path, data: dict) -> None:
@@ -68,15 +104,15 @@ def save_npz(path, data: dict) -> None:
 
 
 def build_model(x_fg: np.ndarray, kT: float, network: str = "pair_mlp", hidden=(64, 64), n_rbf: int = 16,
-                prior_terms=("bonds", "angles", "dihedrals", "repulsion")):
-    """Prior fitted on the FG data + a zero-initialised network of the given name."""
+                prior_terms=("bonds", "angles", "dihedrals", "repulsion"), weights: np.ndarray | None = None):
+    """Prior fitted on the FG data (frames weighted by ``weights``) + a zero-initialised network of the given name."""
     from cgflow.models.bead_net import BeadPotential, make_network
     from cgflow.models.priors import Prior
     from cgflow.systems.cg_map import alanine_map, bead_bonds
     from cgflow.systems.alanine import HEAVY_ATOMS, AlanineDipeptide
 
     bonds = bead_bonds(AlanineDipeptide().topology(), HEAVY_ATOMS)
-    prior = Prior.fit(x_fg, bonds, kT, terms=prior_terms)
+    prior = Prior.fit(x_fg, bonds, kT, weights=weights, terms=prior_terms)
     cmap = alanine_map()
     net = make_network(network, n_beads=x_fg.shape[1], dihedrals=[PHI_BEADS, PSI_BEADS], hidden=tuple(hidden),
                        n_rbf=n_rbf, bead_types=cmap.bead_types, n_types=len(cmap.type_names))
@@ -92,12 +128,13 @@ def phipsi(x) -> np.ndarray:
     return dihedral_angles(x, torch.as_tensor([PHI_BEADS, PSI_BEADS])).numpy().reshape(-1, 2)
 
 
-def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float = 6.0) -> tuple[dict, object, object]:
-    """RMSE (kT) of the CG (phi, psi) FES against the FG one over the FG's region below ``cutoff_kT``."""
+def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float = 6.0,
+             fg_weights: np.ndarray | None = None) -> tuple[dict, object, object]:
+    """RMSE (kT) of the CG (phi, psi) FES against the (reweighted) FG one over the FG's region below ``cutoff_kT``."""
     from cgflow.analysis.fes import compare_to_reference, histogram_fes
 
     edges = [np.linspace(-math.pi, math.pi, n_bins + 1)] * 2
-    ref = histogram_fes(fg_phipsi, edges, kT, n_bootstrap=2)
+    ref = histogram_fes(fg_phipsi, edges, kT, weights=fg_weights, n_bootstrap=2)
     est = histogram_fes(cg_phipsi, edges, kT, n_bootstrap=2)
     return compare_to_reference(est, ref, kT, cutoff_kT), est, ref
 
@@ -152,7 +189,8 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
                                     lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
                                     seed=seed, divergence_factor=1e6).fit())
     if objective == "difftre":
-        target = torch.as_tensor(phipsi_hist(torch.as_tensor(x), PHI_BEADS, PSI_BEADS).numpy().mean(0))
+        v = np.full(len(x), 1 / len(x)) if w is None else np.asarray(w) / np.sum(w)
+        target = torch.as_tensor(v @ phipsi_hist(torch.as_tensor(x), PHI_BEADS, PSI_BEADS).numpy())
         obs = {"phipsi": lambda xs: phipsi_hist(xs, PHI_BEADS, PSI_BEADS)}
         done.append(DiffTRe(model, simulate, obs, {"phipsi": target}, kT, threshold=cfg["n_eff_threshold"],
                             lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("difftre"),
@@ -191,17 +229,23 @@ def _provenance(campaign, **extra) -> dict:
     return {"config_hash": campaign.hash, "seed": campaign.seed, "versions": package_versions(), **extra}
 
 
-def write_fg_mapped(campaign, out: Path) -> None:
-    """Run the unbiased FG run of the ``cg`` stage and write ``fg_mapped.npz`` (mapped x, f; phi/psi)."""
+def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None = None) -> None:
+    """Write ``fg_mapped.npz`` (mapped x, f; phi/psi; weights from rounds): from the rounds' (samples,
+    forces, weights) files when given (``cg.fg_data: rounds``), else from the stage's own unbiased FG run."""
     from cgflow.sampling.platform import pin_to_free_core
 
     s, c = campaign.sampling, campaign.cg
-    if s.pin_cpu:
-        pin_to_free_core()
-    data = sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration, campaign.seed + 1,
-                            campaign.system.solvent, s.friction)
+    if rounds is not None:
+        data = rounds_mapped(campaign, *rounds)
+        log.info("FG mapped data from %d rounds: %d frames, Kish ESS %.0f", len(rounds[0]), len(data["x"]),
+                 1 / np.sum(data["weights"] ** 2))
+    else:
+        if s.pin_cpu:
+            pin_to_free_core()
+        data = sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration,
+                                campaign.seed + 1, campaign.system.solvent, s.friction)
+        log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
     save_npz(out, data)
-    log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
 
 
 def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
@@ -221,7 +265,7 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     data["temperature"] = float(data["temperature"])
     kT = KB * data["temperature"]
     torch.manual_seed(campaign.seed)
-    model = build_model(data["x"], kT, c.network, c.hidden, c.n_rbf, c.prior)
+    model = build_model(data["x"], kT, c.network, c.hidden, c.n_rbf, c.prior, data.get("weights"))
     out_dir.mkdir(parents=True, exist_ok=True)
     trainers = train(objective, model, data, c.trainer_settings(), checkpoint=out_dir / "model.pt", seed=campaign.seed)
     meta = {"objective": objective, "network": c.network, "map": c.map, "temperature_K": data["temperature"],
@@ -233,7 +277,7 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
                        c.md_friction, campaign.seed)
     save_trajectory(traj, out_dir / "cg_md.dcd", alanine_bead_topology())
     cg_pp = phipsi(traj.positions[len(traj.positions) // 10:].reshape(-1, 10, 3))
-    score, est, ref = fes_rmse(cg_pp, data["phipsi"], kT)
+    score, est, ref = fes_rmse(cg_pp, data["phipsi"], kT, fg_weights=data.get("weights"))
     centres = [0.5 * (e[1:] + e[:-1]) for e in est.edges]
     grid = np.meshgrid(*centres, indexing="ij")
     frame = pd.DataFrame({"phi": grid[0].ravel(), "psi": grid[1].ravel(),

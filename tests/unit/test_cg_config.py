@@ -28,3 +28,16 @@ def test_cg_bad_values_are_rejected():
     toy = load_config({"campaign": "t", "system": {"type": "toy", "potential": "double_well"}, "cg": {}})
     with pytest.raises(ConfigError, match="alanine_dipeptide"):
         toy.cg
+
+
+def test_cg_fg_data_from_the_rounds_makes_them_record_forces():
+    own = load_config({**ALA, "cg": {}})
+    rounds = load_config({**ALA, "cg": {"fg_data": "rounds"}})
+    assert own.cg.fg_data == "own" and not own.records_forces and not load_config(ALA).records_forces
+    assert rounds.records_forces
+    assert own.stage_hash("cg_data") != rounds.stage_hash("cg_data")
+    # the models' hash follows the training keys but not the list of objectives
+    assert load_config({**ALA, "cg": {"objectives": ["fm"]}}).stage_hash("cg") == own.stage_hash("cg")
+    assert load_config({**ALA, "cg": {"re_epochs": 7}}).stage_hash("cg") != own.stage_hash("cg")
+    with pytest.raises(ConfigError, match=r"cg\.fg_data: 'mine' is not allowed; allowed: own, rounds"):
+        load_config({**ALA, "cg": {"fg_data": "mine"}})

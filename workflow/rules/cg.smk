@@ -7,26 +7,31 @@ outputs under results/<campaign>/cg/.
 
 rule cg_sample:
     input:
-        config=ancient(CONFIG_FILE),
+        # config is ancient(): params.config_hash (sampling + the cg data keys) decides reruns
+        unpack(cg_fg_inputs),
     output:
         f"{RESULTS}/cg/fg_mapped.npz",
     params:
-        config_hash=CAMPAIGN.stage_hash("sampling"),
+        config_hash=CAMPAIGN.stage_hash("cg_data") if CAMPAIGN.cg else "",
+        rounds=cg_fg_args,
     threads: 1
     log:
         f"{RESULTS}/logs/cg-sample.log",
     conda:
         ENV
     message:
-        "FG run recording mapped bead positions and forces for the CG stage"
+        "Mapped bead positions and forces for the CG stage (its own FG run, or the rounds)"
     shell:
-        "cgflow cg-sample --config {input.config} --out {output} > {log} 2>&1"
+        "cgflow cg-sample --config {input.config} --out {output} {params.rounds} > {log} 2>&1"
 
 
 rule cg_train:
     input:
         config=ancient(CONFIG_FILE),
         fg=rules.cg_sample.output,
+    params:
+        # config is ancient(): this hash (FG data + every cg key but the objectives list) decides reruns
+        config_hash=CAMPAIGN.stage_hash("cg") if CAMPAIGN.cg else "",
     output:
         model=f"{RESULTS}/cg/{{objective}}/model.pt",
         history=f"{RESULTS}/cg/{{objective}}/train.json",

@@ -93,6 +93,23 @@ def cg_targets():
             for name in ("summary.json", "fes.csv", "model.pt", "train.json", "cg_md.dcd")]
 
 
+def cg_fg_inputs(wildcards):
+    """The cg stage's FG data: its own run needs the config only; ``cg.fg_data: rounds`` reads every
+    round's samples and forces and the last round's weights (all rounds reweighted together)."""
+    out = {"config": ancient(CONFIG_FILE)}
+    if CAMPAIGN.records_forces:
+        out["samples"] = [f"{round_dir(k)}/samples.parquet" for k in ROUNDS]
+        out["forces"] = [f"{round_dir(k)}/forces.npz" for k in ROUNDS]
+        out["weights"] = f"{round_dir(LAST)}/weights.parquet"
+    return out
+
+
+def cg_fg_args(wildcards, input):
+    if "forces" not in input.keys():
+        return ""
+    return f"--samples {input.samples} --forces {input.forces} --weights {input.weights}"
+
+
 def ccg_targets():
     """The ccg stage's final files (empty without a ccg section); workflow/rules/ccg.smk."""
     if CAMPAIGN.ccg is None:
@@ -123,4 +140,6 @@ def sample_outputs():
     out = {"samples": f"{RESULTS}/round-{{round}}/samples.parquet"}
     if not CAMPAIGN.system.is_toy:
         out["traj"] = directory(f"{RESULTS}/round-{{round}}/traj")
+    if CAMPAIGN.records_forces:
+        out["forces"] = f"{RESULTS}/round-{{round}}/forces.npz"
     return out
