@@ -101,6 +101,22 @@ def test_two_round_campaign_through_slurm_equals_the_local_run(cluster, tmp_path
     assert read_provenance(tmp_path / "slurm" / "results" / "slurm" / "round-01" / "samples.parquet")["ranks"] == 2
 
 
+def stop(proc, where, env) -> None:
+    """What a user does to a Snakemake left waiting on a cancelled job: Ctrl-C, and once more if
+    it is still shutting down; as a last resort kill it and release its lock (--unlock)."""
+    for sig, wait in ((None, 15), (signal.SIGINT, 90), (signal.SIGINT, 60)):
+        if sig is not None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.kill()
+    proc.wait()
+    snakemake("--unlock", "-d", where, "--configfile", where.parent / "campaign.yaml", env=env)
+
+
 ONE_LONG_ROUND = {
     "campaign": "killed",
     "seed": 7,
@@ -136,11 +152,7 @@ def test_scancelled_sampling_job_resumes_from_its_checkpoint_on_rerun(cluster, t
     assert not (where / "results" / "killed" / "round-00" / "samples.parquet").exists()
     # sacct says "CANCELLED by <uid>", which the plugin (2.8.0) does not take for a failure, so
     # Snakemake would wait on: the user stops it (Ctrl-C) and reruns, as README.md says.
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+    stop(proc, where, cli_env)
 
     rerun = on_slurm(config, where, cli_env, "--until", "sample")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
