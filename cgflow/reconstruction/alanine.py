@@ -34,7 +34,8 @@ import torch
 # Z-matrix order and references (bond partner c, angle b-c-d, torsion a-b-c-d) by atom index of
 # the shipped PDB (ACE 0-5, ALA 6-15, NME 16-21). Atom 14 (C) carries phi = C4-N6-CA8-C14 and
 # atom 16 (N) psi = N6-CA8-C14-N16; stiff atoms hang on improper torsions, methyl hydrogens on
-# the first hydrogen of their group.
+# the first hydrogen of their group. No other torsion follows phi or psi (the amide H hangs on
+# the ACE carbonyl, not on C14), so q(. | phi, psi) only has to learn steric responses.
 ZMATRIX: tuple[tuple[int, int, int, int], ...] = (
     (4, -1, -1, -1),
     (6, 4, -1, -1),
@@ -43,7 +44,7 @@ ZMATRIX: tuple[tuple[int, int, int, int], ...] = (
     (16, 14, 8, 6),    # psi
     (1, 4, 6, 8),
     (5, 4, 6, 1),
-    (7, 6, 8, 14),
+    (7, 6, 4, 5),      # H on N in the peptide plane, trans to O: independent of phi
     (10, 8, 6, 14),
     (9, 8, 6, 14),
     (15, 14, 8, 16),
