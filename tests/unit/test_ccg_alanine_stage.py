@@ -114,3 +114,29 @@ def test_alanine_flow_training_resumes_from_its_checkpoint(tmp_path, monkeypatch
         torch.testing.assert_close(x, y)
     steps = [[h["step"] for h in json.loads((d / "train.json").read_text())["history"]] for d in (straight, killed)]
     assert steps[0] == steps[1]
+
+
+@pytest.mark.parametrize("solvent", ["vacuum", "obc2"])
+def test_stage_energy_is_openmms_energy_in_the_generated_measure(solvent):
+    """build_energy for alanine: U_u(s, u) = U_OpenMM(R(s, u)) - kT ln J at the C7eq structure's own
+    (s, u), for the configured solvent (OBC2 adds a negative solvation energy)."""
+    import openmm
+
+    from cgflow.reconstruction.campaign import build_energy
+
+    campaign = load_config({**TINY, "system": {"type": "alanine_dipeptide", "solvent": solvent},
+                            "analysis": {"bins": 36, "reference": "none"}})
+    energy = build_energy(campaign)
+    ala = campaign.system.build()
+    x0 = ala.initial_positions()[None]
+    s, u = (torch.as_tensor(v) for v in (energy.geometry.given_values(x0), energy.geometry.codes(x0)))
+    xyz, log_j = energy.geometry.to_cartesian(u, s)
+    context = openmm.Context(ala.create_system(), openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(xyz[0].numpy())
+    direct = context.getState(getEnergy=True).getPotentialEnergy()._value
+    kT = campaign.sampling.kT
+    assert float(energy(s, u)[0]) == pytest.approx(direct - kT * float(log_j[0]), abs=1e-4)
+    vacuum = build_energy(load_config({**TINY, "analysis": {"bins": 36, "reference": "none"}}))
+    gap = float(energy(s, u)[0] - vacuum(s, u)[0])
+    assert (gap < -10) if solvent == "obc2" else gap == pytest.approx(0, abs=1e-6)
