@@ -284,20 +284,20 @@ class ZMatrixEnergy:
         return self.geometry.to_cartesian(y, s)[0]
 
     def parts(self, s, y):
-        """(U(R) kJ/mol, ln J) of each row; differentiable in s and y."""
+        """(positions R (n, 22, 3) nm, U(R) kJ/mol, ln J) of each row; differentiable in s and y."""
         xyz, log_j = self.geometry.to_cartesian(y, s)
-        return self.engine.torch_energy(xyz), log_j
+        return xyz, self.engine.torch_energy(xyz), log_j
 
     def __call__(self, s, y):
         """U_u(s, y) = U(R) - kT ln J, kJ/mol."""
-        u, log_j = self.parts(s, y)
+        _, u, log_j = self.parts(s, y)
         return u - self.kT * log_j
 
     def training_energy(self, s, y):
         """U_u with beta U soft-capped above CAP_KT (log growth): the reverse-KL target, kJ/mol."""
         import torch
 
-        u, log_j = self.parts(s, y)
+        _, u, log_j = self.parts(s, y)
         beta_u = u / self.kT
         cap = self.CAP_KT
         beta_u = torch.where(beta_u < cap, beta_u, cap + torch.log1p(beta_u.clamp_min(cap) - cap))

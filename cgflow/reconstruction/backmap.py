@@ -48,8 +48,8 @@ def resample_ensemble(flow, energy, grid: np.ndarray, F: np.ndarray, cell: np.nd
         for start in range(0, proposals, chunk):
             s_t = torch.as_tensor(s[start:start + chunk])
             y, logq = flow.rsample_and_log_prob(s_t)
-            u, log_j = energy.parts(s_t, y)
-            xyz_all.append(energy.positions(s_t, y).numpy())
+            xyz, u, log_j = energy.parts(s_t, y)
+            xyz_all.append(xyz.numpy())
             u_all.append(u.numpy())
             log_w[start:start + len(s_t)] = (-(u - kT * log_j) / kT - logq).numpy()
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf) - log_p[cells]
@@ -148,9 +148,9 @@ def backmap_hydrogens(flow, energy, heavy_xyz: np.ndarray, per_frame: int, rng: 
         y, logq = flow.rsample_and_log_prob(s, n=per_frame)  # (per_frame, n, .)
         s_rep = s.expand(per_frame, -1, -1).reshape(per_frame * n, -1)
         y = y.reshape(per_frame * n, -1)
-        u, log_j = energy.parts(s_rep, y)
+        xyz, u, log_j = energy.parts(s_rep, y)
         log_w = (-(u - kT * log_j) / kT - logq.reshape(-1)).numpy().reshape(per_frame, n)
-        xyz = energy.positions(s_rep, y).numpy().reshape(per_frame, n, 22, 3)
+        xyz = xyz.numpy().reshape(per_frame, n, 22, 3)
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     w = np.exp(log_w - log_w.max(axis=0))
     w /= w.sum(axis=0)
