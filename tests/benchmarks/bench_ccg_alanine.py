@@ -43,8 +43,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    import logging
+
     import torch
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-ccg-alanine-"))
     result = {"out": str(out)}
