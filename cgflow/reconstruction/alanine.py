@@ -132,7 +132,7 @@ class ZMatrixMap:
         self.generated = [slot for slot in _slots() if slot not in hydrogen_bond and slot not in self.given]
         self.fixed_values = torch.tensor([constraints[frozenset(ZMATRIX[i][:2])] for _, i in self.fixed],
                                          dtype=torch.float64)
-        self.centre = torch.tensor(_ic_values(reference_xyz, self.generated)[0], dtype=torch.float64)
+        self.centre = torch.tensor(ic_values(reference_xyz, self.generated)[0], dtype=torch.float64)
         self.scale = torch.tensor([IC_SCALE[kind] for kind, _ in self.generated], dtype=torch.float64)
         self.kinds = [kind for kind, _ in self.generated]
         self.is_torsion = torch.tensor([k == TORSION for k in self.kinds])
@@ -148,7 +148,7 @@ class ZMatrixMap:
 
     def given_values(self, xyz: np.ndarray) -> np.ndarray:
         """The given ICs s (n, n_given) of positions (n, 22, 3) nm: nm and rad."""
-        return _ic_values(xyz, self.given)
+        return ic_values(xyz, self.given)
 
     def generated_ics(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The generated ICs (n, features) of codes u and ln|d IC / d u| (n,)."""
@@ -161,7 +161,7 @@ class ZMatrixMap:
     def codes(self, xyz: np.ndarray) -> np.ndarray:
         """The codes u (n, features) of positions (n, 22, 3): the inverse of :meth:`generated_ics`.
         A torsion exactly half a turn from its centre has no finite code (never met in practice)."""
-        ics = _ic_values(xyz, self.generated)
+        ics = ic_values(xyz, self.generated)
         centre, scale = self.centre.numpy(), self.scale.numpy()
         torsion = self.is_torsion.numpy()
         with np.errstate(divide="ignore"):
@@ -199,7 +199,7 @@ class ZMatrixMap:
         return xyz, log_det + log_j
 
 
-def _ic_values(xyz: np.ndarray, slots) -> np.ndarray:
+def ic_values(xyz: np.ndarray, slots) -> np.ndarray:
     """The ICs named by ``slots`` for positions (n, 22, 3): (n, len(slots)), nm and rad."""
     bonds, angles, torsions = internal_coordinates(xyz)
     table = {BOND: bonds, ANGLE: angles, TORSION: torsions}

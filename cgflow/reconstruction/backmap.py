@@ -95,11 +95,11 @@ def hydrogen_flow(hmap, transforms: int = 4, hidden=(64, 64), bins: int = 8, see
     heavy torsions as (sin, cos); coupling layers (two passes)."""
     import torch
 
-    from cgflow.reconstruction.alanine import IC_SCALE, _ic_values
+    from cgflow.reconstruction.alanine import IC_SCALE, ic_values
     from cgflow.reconstruction.flow import ConditionalFlow
     from cgflow.systems.alanine import AlanineDipeptide
 
-    ref = _ic_values(AlanineDipeptide().initial_positions(), hmap.given)[0]
+    ref = ic_values(AlanineDipeptide().initial_positions(), hmap.given)[0]
     torch.manual_seed(seed)
     return ConditionalFlow(hmap.features, hmap.n_given, transforms=transforms, hidden=hidden, bins=bins, passes=2,
                            s_loc=ref, s_scale=[IC_SCALE[kind] for kind, _ in hmap.given],
