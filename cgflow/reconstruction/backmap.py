@@ -19,12 +19,9 @@ Units: nm, rad, kJ/mol.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 def resample_ensemble(flow, energy, grid: np.ndarray, F: np.ndarray, cell: np.ndarray, kT: float,
