@@ -46,7 +46,8 @@ bench-cg: install
 	$(BIN)/python tests/benchmarks/bench_cg.py
 
 # cycle CG: toys (flow-only free energies vs quadrature, cost vs FG MD, the ESS trust cut), then
-# alanine dipeptide's phi/psi FES from the energy alone vs the shipped reference (~10 min)
+# the alanine ccg stage (phi/psi FES from the energy alone vs the shipped reference, backmapped
+# structures vs FG MD) and hydrogens on heavy-atom beads vs FG MD (~15 min)
 bench-ccg: install
 	$(BIN)/python tests/benchmarks/bench_ccg.py --fg --trust-study
 	$(BIN)/python tests/benchmarks/bench_ccg_alanine.py

@@ -133,7 +133,7 @@ def cmd_ccg_fes(args) -> None:
 
     flow = Path(args.flow)
     write_ccg_fes(_campaign(args.config), flow, Path(args.flow_json) if args.flow_json else flow.with_suffix(".json"),
-                  Path(args.out_dir))
+                  Path(args.out_dir), Path(args.reference) if args.reference else None)
 
 
 def cmd_ccg_compare(args) -> None:
@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--flow", required=True, help="flow.pt from cgflow reconstruct")
     p.add_argument("--flow-json", help="its flow.json (default: beside flow.pt)")
-    p.add_argument("--out-dir", required=True, help="ccg/; ccg_fes.csv, diagnostics.csv, ccg_fes.png, summary.json")
+    p.add_argument("--out-dir", required=True, help="ccg/; ccg_fes.csv, diagnostics.csv, ccg_fes.png, summary.json "
+                   "(and backmapped.dcd + backmapped.pdb for alanine dipeptide)")
+    p.add_argument("--reference", help="the campaign's reference.csv to score against (molecules; toys use quadrature)")
     p.set_defaults(func=cmd_ccg_fes)
 
     p = sub.add_parser("ccg-compare", help="the CCG free energy beside the rounds' FES and the reference")

@@ -324,6 +324,10 @@ class CCGConfig:
     min_ess: float
     bootstrap: int
     max_pareto_k: float | None = None
+    passes: int | None = None
+    backmap_frames: int = 200
+    backmap_proposals: int = 4000
+    backmap_max_F: float = 20.0
 
     @property
     def needs_fg_samples(self) -> bool:
@@ -425,13 +429,14 @@ class Campaign:
         c = self.resolved.get("ccg")
         if c is None:
             return None
-        e = c["estimate"]
+        e, b = c["estimate"], c["backmap"]
         grid = e["grid_points"]
         return CCGConfig(transforms=c["flow"]["transforms"], hidden=tuple(c["flow"]["hidden"]), bins=c["flow"]["bins"],
                          **c["train"], samples_per_point=e["samples_per_point"],
                          grid_points=tuple(grid) if isinstance(grid, list) else (grid,) * len(self.system.cvs),
                          min_ess_fraction=e["min_ess_fraction"], min_ess=e["min_ess"], bootstrap=e["bootstrap"],
-                         max_pareto_k=e.get("max_pareto_k"))
+                         max_pareto_k=e.get("max_pareto_k"), passes=c["flow"].get("passes"),
+                         backmap_frames=b["frames"], backmap_proposals=b["proposals"], backmap_max_F=b["max_F_kJmol"])
 
     @property
     def records_forces(self) -> bool:
@@ -579,11 +584,12 @@ def _check_molecule(s: dict) -> None:
 
 
 def _check_ccg(config: dict) -> None:
-    """ccg needs a toy whose CVs are linear in the coordinates its energy uses, with some left over."""
+    """ccg needs a toy whose CVs are linear in the coordinates its energy uses, with some left over,
+    or alanine dipeptide with both phi and psi as CVs."""
     s = config["system"]
     if s["type"] != "toy":
-        raise ConfigError(f"ccg: cycle coarse graining is implemented for toy systems only, not {s['type']!r}; "
-                          "remove the ccg section")
+        _check_ccg_molecule(config)
+        return
     from cgflow.reconstruction.energy import LinearCVGeometry
     from cgflow.systems.toy import CV, ToySystem
 
@@ -599,6 +605,25 @@ def _check_ccg(config: dict) -> None:
     if isinstance(e["grid_points"], list) and len(e["grid_points"]) != n_cvs:
         raise ConfigError(f"ccg.estimate.grid_points: {e['grid_points']} has {len(e['grid_points'])} entries for "
                           f"{n_cvs} CV(s); give one number or one per CV")
+
+
+def _check_ccg_molecule(config: dict) -> None:
+    s, c = config["system"], config["ccg"]
+    cvs = [name for name, _ in _cv_items(s["cv"])]
+    if sorted(cvs) != ["phi", "psi"]:
+        raise ConfigError(f"ccg: system.cv {_short(s['cv'])} is not allowed with a ccg section for {s['type']}; "
+                          "allowed: [phi, psi] (the flow generates every other internal coordinate given both)")
+    if cvs != ["phi", "psi"]:
+        raise ConfigError(f"ccg: system.cv {_short(s['cv'])} is not allowed with a ccg section; give [phi, psi] in this order")
+    if c["train"]["nll_weight"] > 0:
+        raise ConfigError(f"ccg.train.nll_weight: {c['train']['nll_weight']} is not allowed for {s['type']}; "
+                          "it must be 0 (reverse KL only: the forward NLL on molecules is not implemented)")
+    c["flow"].setdefault("passes", 2)
+    e = c["estimate"]
+    e.setdefault("grid_points", config["analysis"]["bins"])
+    if isinstance(e["grid_points"], list) and len(e["grid_points"]) != 2:
+        raise ConfigError(f"ccg.estimate.grid_points: {e['grid_points']} has {len(e['grid_points'])} entries for "
+                          "2 CV(s); give one number or one per CV")
 
 
 def resolve(raw: dict, base_dir: Path | None = None) -> dict:

@@ -3,9 +3,16 @@
 ``reconstruct`` trains the flow and writes ``flow.pt`` + ``flow.json`` (hyper-parameters,
 geometry, standardisation, provenance, training cost) and ``train.json`` (the loss curve).
 ``ccg-fes`` loads it and writes ``ccg_fes.csv`` (F, error, mean force, ESS, trust flag and,
-for toys, the exact pointwise PMF), ``diagnostics.csv`` (per-point weight statistics),
-``ccg_fes.png`` and ``summary.json`` (errors vs exact over trusted points where F < the
-analysis cutoff, untrusted counts, energy evaluations, wall times, provenance).
+for toys, the exact pointwise PMF; for alanine dipeptide the reference's F of the bin holding
+each point), ``diagnostics.csv`` (per-point weight statistics), ``ccg_fes.png``, for alanine
+dipeptide ``backmapped.dcd`` + ``backmapped.pdb`` (all-atom structures resampled from the flow,
+:func:`cgflow.reconstruction.backmap.resample_ensemble`), and ``summary.json`` (errors vs the
+exact PMF or the reference over trusted points where F < the analysis cutoff, untrusted counts,
+energy evaluations, wall times, provenance).
+
+Systems: toys with linear CVs (:class:`~cgflow.reconstruction.energy.ToyEnergy`) and alanine
+dipeptide with CVs (phi, psi) (:class:`~cgflow.reconstruction.alanine.ZMatrixEnergy` over
+:func:`~cgflow.reconstruction.alanine.backbone_map`: 46 generated internal coordinates).
 
 Seeds: the flow's initial weights use the campaign seed, training ``seed + 1`` and the
 estimator ``seed + 2``, so each stream is reproducible on its own.
@@ -39,12 +46,21 @@ def estimation_grid(campaign) -> np.ndarray:
 
 
 def build_energy(campaign):
-    """The torch energy U(s, y) of the campaign's toy (ToyEnergy)."""
-    from cgflow.reconstruction.energy import ToyEnergy
+    """The torch energy U(s, y) of the campaign's system: ToyEnergy, or ZMatrixEnergy for alanine."""
+    if campaign.system.is_toy:
+        from cgflow.reconstruction.energy import ToyEnergy
 
-    if not campaign.system.is_toy:
-        raise NotImplementedError("cycle coarse graining is implemented for toy systems only")
-    return ToyEnergy(campaign.system.build(), campaign.sampling.kT)
+        return ToyEnergy(campaign.system.build(), campaign.sampling.kT)
+    from cgflow.reconstruction.alanine import ZMatrixEnergy, backbone_map
+
+    ala = campaign.system.build()
+    system = ala.create_system()
+    return ZMatrixEnergy(backbone_map(system, ala.initial_positions()), system, campaign.sampling.kT)
+
+
+def cv_unit(campaign) -> str:
+    """The CVs' unit in column names: nm for toys, rad for dihedrals."""
+    return "nm" if campaign.system.is_toy else "rad"
 
 
 def new_flow(campaign, energy):
@@ -54,21 +70,29 @@ def new_flow(campaign, energy):
     from cgflow.analysis.campaign import cv_domain
     from cgflow.reconstruction.flow import ConditionalFlow
 
-    g, c = energy.geometry, campaign.ccg
+    c = campaign.ccg
+    torch.manual_seed(campaign.seed)
+    if not campaign.system.is_toy:  # the map standardises its codes already; (phi, psi) as sin/cos
+        return ConditionalFlow(energy.n_hidden, energy.n_cvs, transforms=c.transforms, hidden=c.hidden, bins=c.bins,
+                               passes=c.passes, periodic=[True] * energy.n_cvs)
+    g = energy.geometry
     y_lo, y_hi = g.hidden_range()
     s_lo, s_hi, _ = (np.asarray(v, dtype=float) for v in cv_domain(campaign))
-    torch.manual_seed(campaign.seed)
     return ConditionalFlow(g.n_hidden, g.n_cvs, transforms=c.transforms, hidden=c.hidden, bins=c.bins,
                            y_loc=(y_lo + y_hi) / 2, y_scale=(y_hi - y_lo) / 4,
-                           s_loc=(s_lo + s_hi) / 2, s_scale=(s_hi - s_lo) / np.sqrt(12))
+                           s_loc=(s_lo + s_hi) / 2, s_scale=(s_hi - s_lo) / np.sqrt(12), passes=c.passes)
 
 
-def fg_pairs(campaign, geometry, samples: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(s, y) of every FG frame of ``samples`` (all rounds). A bias acts on s only, so p(y|s) of
-    biased frames is still the unbiased conditional: no reweighting is needed for either use."""
+def fg_pairs(campaign, geometry, samples: list[Path]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(s, y) of every FG frame of ``samples`` (all rounds); for a molecule (s, None), s from the
+    CV columns (its y would need the trajectories; the config allows no NLL there). A bias acts
+    on s only, so p(y|s) of biased frames is still the unbiased conditional: no reweighting is
+    needed for either use."""
     from cgflow.analysis.campaign import read_samples
 
     frames, _ = read_samples(samples)
+    if not campaign.system.is_toy:
+        return frames[list(campaign.system.cv_names)].to_numpy(dtype=float), None
     r = frames[[f"{c}_nm" for c in geometry.coordinates]].to_numpy(dtype=float)
     s, y = geometry.split(r)
     return s, y
@@ -111,7 +135,7 @@ def write_flow(campaign, out_dir: Path, samples: list[Path] | None = None) -> di
                    signature_extra={"stage_hash": campaign.stage_hash("ccg")})
     cost = {"energy_evaluations": result["energy_evaluations"], "wall_s": result["wall_s"], "steps": c.steps,
             "fg_frames_used": 0 if pairs is None else int(len(pairs[0])), "resumed_at_step": result["resumed_at"]}
-    meta = {"system": "toy", "temperature_K": campaign.sampling.temperature, "kT_kJmol": campaign.sampling.kT,
+    meta = {"system": campaign.system.type, "temperature_K": campaign.sampling.temperature, "kT_kJmol": campaign.sampling.kT,
             "geometry": energy.geometry.to_json(), "conditioning": conditioning.kind, "training": cost,
             "provenance": _provenance(campaign)}
     save_flow(flow, out_dir / "flow.pt", out_dir / "flow.json", meta)
@@ -120,8 +144,24 @@ def write_flow(campaign, out_dir: Path, samples: list[Path] | None = None) -> di
     return meta
 
 
-def write_ccg_fes(campaign, flow_pt: Path, flow_json: Path, out_dir: Path) -> dict:
-    """Estimate F on the grid from the flow; write ccg_fes.csv, diagnostics.csv, ccg_fes.png, summary.json."""
+def reference_at(campaign, reference_csv: Path, grid: np.ndarray) -> np.ndarray:
+    """The reference F (kJ/mol) of the analysis bin holding each grid point (G, k); NaN where the
+    reference has none. With grid_points = analysis.bins the points are the bin centres."""
+    from cgflow.analysis.campaign import cv_edges
+    from cgflow.analysis.fes import read_fes_csv
+
+    fes = read_fes_csv(reference_csv, campaign.system.cv_names)
+    edges = cv_edges(campaign)
+    index = tuple(np.clip(np.searchsorted(e, grid[:, j], side="right") - 1, 0, len(e) - 2)
+                  for j, e in enumerate(edges))
+    return np.asarray(fes.F, dtype=float)[index]
+
+
+def write_ccg_fes(campaign, flow_pt: Path, flow_json: Path, out_dir: Path, reference: Path | None = None) -> dict:
+    """Estimate F on the grid from the flow; write ccg_fes.csv, diagnostics.csv, ccg_fes.png,
+    summary.json and, for alanine dipeptide, backmapped.dcd + backmapped.pdb.
+
+    ``reference``: the campaign's reference.csv (molecules; toys use pointwise quadrature)."""
     import torch
 
     from cgflow.io import write_text
@@ -143,19 +183,26 @@ def write_ccg_fes(campaign, flow_pt: Path, flow_json: Path, out_dir: Path) -> di
     settings = EstimateSettings(samples_per_point=c.samples_per_point, min_ess_fraction=c.min_ess_fraction,
                                 min_ess=c.min_ess, max_pareto_k=c.max_pareto_k, bootstrap=c.bootstrap,
                                 seed=campaign.seed + 2)
-    frame = ccg_free_energy(flow, energy, grid, kT, settings, names)
+    frame = ccg_free_energy(flow, energy, grid, kT, settings, names, cv_unit=cv_unit(campaign))
+    estimate_evaluations = energy.evaluations
     estimate_wall = time.perf_counter() - t0
     cutoff = campaign.analysis.rmse_cutoff_kT
-    comparison = None
-    if energy.n_hidden <= 2:
+    comparison, reference_kind = None, None
+    if campaign.system.is_toy and energy.n_hidden <= 2:
         frame["F_exact_kJmol"] = exact_pmf(energy.toy, grid, kT)
         comparison = compare_to_exact(frame, frame["F_exact_kJmol"].to_numpy(), kT, cutoff)
+        reference_kind = "pointwise quadrature"
+    elif reference is not None:
+        frame["F_ref_kJmol"] = reference_at(campaign, reference, grid)
+        comparison = compare_to_exact(frame, frame["F_ref_kJmol"].to_numpy(), kT, cutoff)
+        reference_kind = campaign.analysis.reference
     fes_columns = [col for col in frame.columns if col not in ("samples", "outside_fraction", "pareto_k")]
     write_text(out_dir / "ccg_fes.csv", frame[fes_columns].to_csv(index=False, float_format="%.6g"))
     diag_columns = names + ["ess", "ess_fraction", "pareto_k", "trusted", "samples", "outside_fraction", "F_err_kJmol"]
     write_text(out_dir / "diagnostics.csv", frame[diag_columns].to_csv(index=False, float_format="%.6g"))
     plot_ccg_fes(frame, names, out_dir / "ccg_fes.png", kT, c.min_ess_fraction, cutoff,
                  title=f"{campaign.name}: CCG free energy ({int((~frame.trusted).sum())} untrusted points)")
+    backmapped = None if campaign.system.is_toy else write_backmapped(campaign, flow, energy, frame, grid, out_dir)
     untrusted = frame.loc[~frame.trusted, names]
     training = info.get("training", {})
     summary = {
@@ -169,11 +216,15 @@ def write_ccg_fes(campaign, flow_pt: Path, flow_json: Path, out_dir: Path) -> di
         "min_ess": c.min_ess,
         "max_pareto_k": c.max_pareto_k,
         "pareto_k_max": float(frame.pareto_k.max()),
-        "vs_exact": comparison,
-        "rmse_vs_exact_kT": None if comparison is None else comparison["rmse_kT"],
-        "max_abs_error_vs_exact_kT": None if comparison is None else comparison["max_abs_error_kT"],
+        "reference": reference_kind,
+        ("vs_exact" if campaign.system.is_toy else "vs_reference"): comparison,
+        "rmse_vs_exact_kT": comparison["rmse_kT"] if comparison and campaign.system.is_toy else None,
+        "max_abs_error_vs_exact_kT": comparison["max_abs_error_kT"] if comparison and campaign.system.is_toy else None,
+        "rmse_vs_reference_kJmol": comparison["rmse_kT"] * kT if comparison else None,
+        "backmapped": backmapped,
         "energy_evaluations_training": training.get("energy_evaluations"),
-        "energy_evaluations_estimate": energy.evaluations,
+        "energy_evaluations_estimate": estimate_evaluations,
+        "energy_evaluations_backmap": energy.evaluations - estimate_evaluations,
         "energy_evaluations_total": (training.get("energy_evaluations") or 0) + energy.evaluations,
         "fg_md_steps": 0,
         "fg_frames_used": training.get("fg_frames_used", 0),
@@ -181,9 +232,46 @@ def write_ccg_fes(campaign, flow_pt: Path, flow_json: Path, out_dir: Path) -> di
         "estimate_wall_s": estimate_wall,
         "provenance": _provenance(campaign, flow=info.get("provenance")),
     }
+    if not campaign.system.is_toy:
+        summary["ess_fraction_median_low_F"] = _median_low_F(frame, kT, cutoff)
     write_json(out_dir / "summary.json", summary)
     if comparison is not None:
-        log.info("CCG vs exact: RMSE %.3f kT, max |dF| %.3f kT over %d trusted points (F < %g kT); %d untrusted",
-                 comparison["rmse_kT"], comparison["max_abs_error_kT"], comparison["n_compared"], cutoff,
-                 summary["n_untrusted"])
+        log.info("CCG vs %s: RMSE %.3f kT (%.2f kJ/mol), max |dF| %.3f kT over %d trusted points (F < %g kT); "
+                 "%d untrusted", reference_kind, comparison["rmse_kT"], comparison["rmse_kT"] * kT,
+                 comparison["max_abs_error_kT"], comparison["n_compared"], cutoff, summary["n_untrusted"])
     return summary
+
+
+def _median_low_F(frame, kT: float, cutoff_kT: float) -> float | None:
+    """Median ESS / M over the trusted points with F below the cutoff (where F matters)."""
+    low = frame.trusted & (frame.F_kJmol < cutoff_kT * kT)
+    return float(frame.ess_fraction[low].median()) if low.any() else None
+
+
+def write_backmapped(campaign, flow, energy, frame, grid: np.ndarray, out_dir: Path) -> dict:
+    """Resample all-atom structures from the flow over the trusted grid cells with F below
+    ``ccg.backmap.max_F_kJmol`` and write backmapped.dcd + backmapped.pdb; return their summary."""
+    from cgflow.analysis.campaign import cv_domain
+    from cgflow.reconstruction.backmap import resample_ensemble, write_structures
+
+    c, kT = campaign.ccg, campaign.sampling.kT
+    F = frame.F_kJmol.to_numpy(dtype=float)
+    use = frame.trusted.to_numpy(dtype=bool) & (F < c.backmap_max_F)
+    if not use.any():
+        use = frame.trusted.to_numpy(dtype=bool) if frame.trusted.any() else np.isfinite(F)
+        log.warning("no trusted grid point has F < %g kJ/mol; backmapping from %d points", c.backmap_max_F, use.sum())
+    lower, upper, _ = cv_domain(campaign)
+    cell = (np.asarray(upper) - np.asarray(lower)) / np.asarray(c.grid_points)
+    rng = np.random.default_rng(campaign.seed + 3)
+    import torch
+
+    torch.manual_seed(campaign.seed + 3)
+    result = resample_ensemble(flow, energy, grid[use], F[use], cell, kT, c.backmap_frames, c.backmap_proposals, rng)
+    write_structures(result["xyz"], campaign.system.build().mdtraj_topology(), out_dir / "backmapped.dcd",
+                     out_dir / "backmapped.pdb")
+    out = {"frames": c.backmap_frames, "proposals": result["proposals"], "grid_points_used": int(use.sum()),
+           "max_F_kJmol": c.backmap_max_F, "proposal_ess": result["ess"], "distinct_frames": result["distinct_frames"],
+           "mean_energy_kJmol": float(result["energy_kJmol"].mean()), "energy_evaluations": result["evaluations"]}
+    log.info("backmapped %d frames (%d distinct) from %d proposals over %d grid cells; proposal ESS %.1f",
+             out["frames"], out["distinct_frames"], out["proposals"], out["grid_points_used"], out["proposal_ess"])
+    return out

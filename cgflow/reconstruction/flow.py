@@ -5,7 +5,8 @@ so the wrapper :class:`ConditionalFlow` maps ``y`` and ``s`` to standard units w
 affine maps (stored as buffers, so they travel in the state dict) and adds the map's
 log-Jacobian to the density: ``ln q(y|s) = ln q_std((y - y_loc)/y_scale | (s - s_loc)/s_scale)
 - sum ln y_scale``. The scales come from the problem (the box and the CV range), not from data,
-because reverse-KL training has no data.
+because reverse-KL training has no data. A periodic context value (a torsion, rad) enters as
+its (sin, cos) instead, so q is periodic in it.
 
 A flow is saved as ``flow.pt`` (the state dict only, loaded with ``weights_only=True``) plus
 ``flow.json`` (the hyper-parameters that rebuild the module, and any metadata), both written
@@ -33,13 +34,20 @@ class ConditionalFlow(torch.nn.Module):
     """
 
     def __init__(self, features: int, context: int, transforms: int = 3, hidden=(64, 64), bins: int = 8,
-                 y_loc=None, y_scale=None, s_loc=None, s_scale=None, passes: int | None = None):
+                 y_loc=None, y_scale=None, s_loc=None, s_scale=None, passes: int | None = None,
+                 periodic=None):
         super().__init__()
         self.hparams = {"features": int(features), "context": int(context), "transforms": int(transforms),
                         "hidden": [int(h) for h in hidden], "bins": int(bins)}
         if passes is not None:  # 2: coupling layers, sampled in two passes instead of one per feature
             self.hparams["passes"] = int(passes)
-        self.flow = zuko.flows.NSF(features, context, bins=bins, transforms=transforms,
+        periodic = [bool(p) for p in (periodic or [False] * context)]
+        if len(periodic) != context:
+            raise ValueError(f"periodic has {len(periodic)} entries for {context} context values")
+        if any(periodic):  # (sin, cos) for these context values
+            self.hparams["periodic"] = periodic
+        self.periodic = torch.tensor(periodic, dtype=torch.bool)  # in hparams, not the state dict
+        self.flow = zuko.flows.NSF(features, context + sum(periodic), bins=bins, transforms=transforms,
                                    hidden_features=tuple(hidden), passes=passes)
 
         def buffer(value, n, fill):
@@ -54,7 +62,12 @@ class ConditionalFlow(torch.nn.Module):
             raise ValueError("flow scales must be positive")
 
     def _context(self, s):
-        return (s.to(torch.float32) - self.s_loc) / self.s_scale
+        s = s.to(torch.float32)
+        z = (s - self.s_loc) / self.s_scale
+        if not self.periodic.any():
+            return z
+        p = self.periodic
+        return torch.cat([z[..., ~p], torch.sin(s[..., p]), torch.cos(s[..., p])], -1)
 
     def _log_jacobian(self):
         return torch.log(self.y_scale.to(torch.float64)).sum()

@@ -23,8 +23,9 @@ error was 0.12 kT (``python tests/benchmarks/bench_ccg.py --trust-study``). The 
 ``max_pareto_k`` is set: it added little beyond ESS/M >= 0.2 there, and it flags well-trained
 flows (ESS/M ~ 0.99) whose tails are slightly lighter than ``p``'s, whose F is exact to 0.01 kT.
 
-The mean force is the reweighted average of the derivative at fixed y (the Jacobian of the
-linear CV map is constant): ``dF/ds = sum_m w_m dU/ds(s, y_m)`` with the normalised weights.
+The mean force is the reweighted average of the derivative at fixed y: ``dF/ds = sum_m w_m
+dU/ds(s, y_m)`` with the normalised weights, where U is the energy in y's measure (for a toy's
+linear CV map the Jacobian is constant; for a Z-matrix map, U includes ``-kT ln J``).
 """
 
 from __future__ import annotations
@@ -152,12 +153,13 @@ def sample_point(flow, energy, s, M: int, kT: float):
     return log_w, grad.detach().numpy()
 
 
-def ccg_free_energy(flow, energy, s_grid: np.ndarray, kT: float, settings: EstimateSettings, cv_names):
+def ccg_free_energy(flow, energy, s_grid: np.ndarray, kT: float, settings: EstimateSettings, cv_names,
+                    cv_unit: str = "nm"):
     """The CCG free energy at every row of ``s_grid`` (G, k), each point independently.
 
     Returns a DataFrame with the CV columns, ``F_kJmol`` (zero at the lowest *trusted* point),
-    ``F_err_kJmol`` (bootstrap s.e.), the mean force ``mean_force_kJmol_nm`` (one CV) or
-    ``mean_force_<cv>_kJmol_nm`` (several) with ``..._err`` columns, ``ess``, ``ess_fraction``,
+    ``F_err_kJmol`` (bootstrap s.e.), the mean force ``mean_force_kJmol_<cv_unit>`` (one CV) or
+    ``mean_force_<cv>_kJmol_<cv_unit>`` (several) with ``..._err`` columns, ``ess``, ``ess_fraction``,
     ``pareto_k`` (PSIS k-hat; -1 where the weights have no tail), ``trusted``, ``samples`` and
     ``outside_fraction`` (samples outside the box, weight 0).
     """
@@ -184,10 +186,11 @@ def ccg_free_energy(flow, energy, s_grid: np.ndarray, kT: float, settings: Estim
     zero = F[trusted].min() if trusted.any() else F[np.isfinite(F)].min() if np.isfinite(F).any() else 0.0
     data["F_kJmol"] = F - zero
     data["F_err_kJmol"] = [r["F_err"] for r in rows]
-    names = ["mean_force_kJmol_nm"] if len(cv_names) == 1 else [f"mean_force_{c}_kJmol_nm" for c in cv_names]
+    unit = f"_kJmol_{cv_unit}"
+    names = ["mean_force" + unit] if len(cv_names) == 1 else [f"mean_force_{c}{unit}" for c in cv_names]
     for j, name in enumerate(names):
         data[name] = [r["force"][j] for r in rows]
-        data[name.replace("_kJmol_nm", "_err_kJmol_nm")] = [r["force_err"][j] for r in rows]
+        data[name.replace(unit, "_err" + unit)] = [r["force_err"][j] for r in rows]
     data["ess"] = ess
     data["ess_fraction"] = ess / M
     data["pareto_k"] = np.where(np.isneginf(khat), -1.0, khat)  # -inf (no tail) written as -1

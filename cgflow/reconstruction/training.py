@@ -111,8 +111,9 @@ def _signature(flow, settings: TrainSettings, conditioning: Conditioning, extra:
 def train(flow, energy, conditioning: Conditioning, settings: TrainSettings, kT: float,
           nll_data: tuple[np.ndarray, np.ndarray] | None = None, checkpoint: Path | None = None,
           signature_extra: dict | None = None) -> dict:
-    """Train ``flow`` in place on ``energy`` (a :class:`~cgflow.reconstruction.energy.ToyEnergy`-like
-    callable with ``training_energy(s, y)``); returns the history and cost figures.
+    """Train ``flow`` in place on ``energy`` (:class:`~cgflow.reconstruction.energy.ToyEnergy`,
+    :class:`~cgflow.reconstruction.alanine.ZMatrixEnergy` or anything with ``training_energy(s, y)``
+    and an ``evaluations`` count); returns the history and cost figures.
 
     ``nll_data``: (s (n, k), y (n, m)) pairs for the forward NLL (needed when nll_weight > 0).
     ``checkpoint``: a file to write every ``checkpoint_interval`` steps and to resume from when it

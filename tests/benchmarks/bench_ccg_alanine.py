@@ -1,182 +1,190 @@
 #!/usr/bin/env python
-"""Cycle coarse graining of alanine dipeptide (vacuum, 300 K) from the energy alone (``make bench-ccg``).
+"""Cycle coarse graining of alanine dipeptide (vacuum, 300 K) with the package's ccg stage (``make bench-ccg``).
 
-A conditional flow (zuko NSF) over the 46 internal coordinates left free given (phi, psi) (X-H
-bonds fixed at the HBonds lengths) is trained by the reverse KL on the amber14 energy from
-OpenMM, with (phi, psi) uniform on the torus, no FG trajectory at all. Then, at each of the 36 x 36
-reference grid points independently, ``F = -kT ln mean exp(-U/kT - ln q)`` with its ESS, and the
-surface is scored against the shipped metadynamics_long reference where F < 20 kJ/mol (target RMSE
-<= 2 kJ/mol), beside its cost in energy evaluations.
+1. **F(phi, psi) from the energy alone**: the campaign code (``cgflow reconstruct`` + ``cgflow
+   ccg-fes``) on ``config/examples/ccg_alanine.yaml`` (steps, batch and samples per point from the
+   options): a flow over the 46 internal coordinates left free given (phi, psi), trained by reverse
+   KL on the amber14 energy with (phi, psi) uniform on the torus, then F at each of the 36 x 36
+   reference grid points independently, scored against the shipped metadynamics_long reference
+   where F < 20 kJ/mol, beside its cost in energy evaluations. The backmapped ensemble
+   (``ccg/backmapped.dcd``) is set against plain FG MD: every bond's mean length, and the overlap
+   of the potential-energy distributions.
+2. **All-atom from the 10 heavy-atom beads**: the hydrogen flow q(H | heavy atoms) is trained by
+   reverse KL with the heavy atoms of half the FG MD frames, then puts hydrogens on the heavy atoms
+   of the other half; the same figures against FG MD.
 
-    python tests/benchmarks/bench_ccg_alanine.py [--steps 2000] [--batch 128] [--samples 200] [--json PATH]
+    python tests/benchmarks/bench_ccg_alanine.py [--steps 2000] [--batch 128] [--samples 200]
+        [--h-steps 600] [--fg-steps 400000] [--out DIR] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2000, help="Adam steps")
+    parser.add_argument("--steps", type=int, default=2000, help="Adam steps of the (phi, psi) flow")
     parser.add_argument("--batch", type=int, default=128, help="(phi, psi) draws per step, one sample each")
     parser.add_argument("--samples", type=int, default=200, help="flow samples per grid point")
+    parser.add_argument("--h-steps", type=int, default=600, help="Adam steps of the hydrogen flow")
+    parser.add_argument("--h-candidates", type=int, default=8, help="hydrogen candidates per frame, one kept by weight")
+    parser.add_argument("--fg-steps", type=int, default=400_000, help="FG MD steps (2 fs) for the comparison")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="folder for the ccg outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    import pandas as pd
+    import logging
+
     import torch
 
-    from cgflow.reconstruction.alanine import Backbone, OpenMMEnergy, context_features
-    from cgflow.reconstruction.flow import ConditionalFlow
-    from cgflow.systems.alanine import AlanineDipeptide
-    from cgflow.systems.toy import KB
-
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    kT = KB * 300.0
-    ala = AlanineDipeptide()
-    system = ala.create_system()
-    backbone = Backbone(system, ala.initial_positions())
-    energy = OpenMMEnergy(system, "CPU")
-    flow = ConditionalFlow(backbone.features, 4, transforms=6, hidden=(128, 128), bins=8, passes=2)
-
-    def sample(phi, psi, n=None):
-        ctx = context_features(phi, psi)
-        u, logq_u = flow.rsample_and_log_prob(ctx)
-        xyz, log_det = backbone.to_cartesian(u, phi, psi)
-        return xyz, logq_u - log_det  # ln q(R | phi, psi) on the manifold, rigid body removed
-
-    optimiser = torch.optim.Adam(flow.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.steps, eta_min=5e-5)
-    t0 = time.perf_counter()
-    for step in range(args.steps):
-        phi, psi = ((torch.rand(args.batch, dtype=torch.float64) * 2 - 1) * math.pi for _ in range(2))
-        xyz, logq = sample(phi, psi)
-        beta_u = energy.torch_energy(xyz) / kT
-        # clashes early in training: above 1e3 kT the energy counts logarithmically
-        beta_u = torch.where(beta_u < 1e3, beta_u, 1e3 + torch.log1p(beta_u.clamp_min(1e3) - 1e3))
-        loss = (beta_u + logq).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
-        optimiser.step()
-        schedule.step()
-        if step % max(1, args.steps // 20) == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():10.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    train_evals, train_s = energy.evaluations, time.perf_counter() - t0
-
-    reference = find_reference_csv()
-    ref = pd.read_csv(reference)
-    flow.eval()
-    t1 = time.perf_counter()
-    grid = ref[["phi", "psi"]].to_numpy()
-    F, ess = np.empty(len(ref)), np.empty(len(ref))
-    U_all = np.empty((len(ref), args.samples))
-    logw_all = np.empty((len(ref), args.samples))
-    bonds_all = np.empty((len(ref), args.samples, len(HEAVY_BONDS)))
-    with torch.no_grad():
-        for start in range(0, len(grid), 32):
-            block = torch.as_tensor(np.repeat(grid[start:start + 32], args.samples, axis=0))
-            xyz, logq = sample(block[:, 0], block[:, 1])
-            u, _ = energy(xyz.numpy())
-            logw = (-u / kT - logq.numpy()).reshape(-1, args.samples)
-            logw = np.where(np.isfinite(logw), logw, -np.inf)
-            rows = slice(start, start + len(logw))
-            U_all[rows], logw_all[rows] = u.reshape(-1, args.samples), logw
-            bonds_all[rows] = heavy_bonds(xyz.numpy()).reshape(len(logw), args.samples, -1)
-            top = logw.max(axis=1, keepdims=True)
-            w = np.exp(logw - top)
-            F[start:start + 32] = -kT * (top[:, 0] + np.log(w.mean(axis=1)))
-            ess[start:start + 32] = w.sum(axis=1) ** 2 / (w**2).sum(axis=1)
-    estimate_s = time.perf_counter() - t1
-    ref_F = ref.F_kJmol.to_numpy() - ref.F_kJmol.min()
-    region = ref_F < 20.0
-    result = {"train_steps": args.steps, "batch": args.batch, "samples_per_point": args.samples,
-              "energy_evaluations_training": train_evals, "energy_evaluations_total": energy.evaluations,
-              "train_s": train_s, "estimate_s": estimate_s, "region_points": int(region.sum())}
-    for cut in (0.2, 0.05, 0.0):
-        trusted = ess / args.samples >= cut
-        ok = region & trusted & np.isfinite(F)
-        diff = F[ok] - ref_F[ok]
-        rmse = float(np.sqrt(np.mean((diff - diff.mean()) ** 2))) if ok.any() else float("nan")
-        result[f"ess_cut_{cut:g}"] = {"rmse_kJmol": rmse, "compared": int(ok.sum()),
-                                      "untrusted_in_region": int((region & ~trusted).sum())}
-        print(f"ESS/M >= {cut:<4g}: RMSE vs reference {rmse:6.2f} kJ/mol over {ok.sum()} of {region.sum()} points "
-              f"with F_ref < 20 kJ/mol ({(region & ~trusted).sum()} untrusted)")
-    result["ess_fraction_median_region"] = float(np.median(ess[region] / args.samples))
-    # the reconstruction's own ensemble: grid points weighted by exp(-F_ccg/kT), samples by their
-    # self-normalised importance weights; against plain FG MD (bond lengths, energy distribution)
-    weights = np.exp(logw_all - logw_all.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    point = np.exp(-(F - np.nanmin(F)) / kT)
-    weights *= (point / point.sum())[:, None]
-    fg_u, fg_bonds = fg_md(system, ala.initial_positions(), kT)
-    rec_bonds = np.einsum("ps,psb->b", weights, bonds_all)
-    bond_dev = np.abs(rec_bonds - fg_bonds.mean(axis=0))
-    edges = np.linspace(min(fg_u.min(), np.percentile(U_all, 0.1)), max(fg_u.max(), np.percentile(U_all, 99.9)), 61)
-    p_fg = np.histogram(fg_u, edges)[0] / len(fg_u)
-    p_rec = np.histogram(U_all.ravel(), edges, weights=weights.ravel())[0]
-    overlap = float(np.minimum(p_fg, p_rec / max(p_rec.sum(), 1e-300)).sum())
-    result.update(heavy_bond_max_dev_nm=float(bond_dev.max()), energy_overlap=overlap,
-                  fg_mean_energy_kJmol=float(fg_u.mean()), rec_mean_energy_kJmol=float((weights * U_all).sum()))
-    print(f"vs FG MD ({len(fg_u)} frames): heavy-atom bond means within {bond_dev.max():.4f} nm "
-          f"(target 0.005), energy distribution overlap {overlap:.2f}, mean energy "
-          f"{result['rec_mean_energy_kJmol']:.1f} vs {fg_u.mean():.1f} kJ/mol")
-    ref_json = json.loads(reference.with_suffix(".json").read_text())
-    result["reference_fg_steps"] = ref_json.get("fg_steps")
-    print(f"cost: {energy.evaluations} energy evaluations ({train_evals} training, {train_s:.0f} s; "
-          f"estimate {estimate_s:.0f} s); the reference took {ref_json.get('fg_steps')} FG MD steps; "
-          f"median ESS/M in the region {result['ess_fraction_median_region']:.3f}")
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-ccg-alanine-"))
+    result = {"out": str(out)}
+    fg = fg_md(args.fg_steps, seed=7)
+    print(f"FG MD: {len(fg['energy'])} frames from {args.fg_steps} steps ({fg['wall_s']:.0f} s)", flush=True)
+    result["fg"] = {"steps": args.fg_steps, "frames": len(fg["energy"]), "mean_energy_kJmol": float(fg["energy"].mean())}
+    result["ccg"] = ccg_stage(args, out, fg)
+    result["hydrogens"] = hydrogens_from_beads(args, fg)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(result, indent=2, default=float))
 
 
-HEAVY_BONDS = ((1, 4), (4, 5), (4, 6), (6, 8), (8, 10), (8, 14), (14, 15), (14, 16), (16, 18))
+def ccg_stage(args, out: Path, fg: dict) -> dict:
+    """Run the package's ccg stage on the example config and score it."""
+    import mdtraj
+    import yaml
+
+    from cgflow.analysis.campaign import write_reference
+    from cgflow.config import load_config
+    from cgflow.reconstruction.campaign import write_ccg_fes, write_flow
+
+    cfg = yaml.safe_load((ROOT / "config" / "examples" / "ccg_alanine.yaml").read_text())
+    cfg["seed"] = args.seed
+    cfg["ccg"]["train"].update(steps=args.steps, batch=args.batch)
+    cfg["ccg"]["estimate"]["samples_per_point"] = args.samples
+    campaign = load_config(cfg)
+    kT = campaign.sampling.kT
+    t0 = time.perf_counter()
+    write_flow(campaign, out)
+    write_reference(campaign, out / "reference.csv")
+    summary = write_ccg_fes(campaign, out / "flow.pt", out / "flow.json", out, out / "reference.csv")
+    wall = time.perf_counter() - t0
+    cmp = summary["vs_reference"]
+    print(f"F vs reference (F_ref < {cmp['cutoff_kT'] * kT:.1f} kJ/mol): RMSE {cmp['rmse_kT'] * kT:.2f} kJ/mol over "
+          f"{cmp['n_compared']} of {cmp['n_region']} points ({cmp['n_untrusted_in_region']} untrusted); median ESS/M "
+          f"{summary['ess_fraction_median']:.3f} (all), {summary['ess_fraction_median_low_F']:.3f} (trusted, low F)")
+    print(f"cost: {summary['energy_evaluations_total']} energy evaluations (training "
+          f"{summary['energy_evaluations_training']}, estimate {summary['energy_evaluations_estimate']}, backmap "
+          f"{summary['energy_evaluations_backmap']}), {wall:.0f} s; no FG MD", flush=True)
+    traj = mdtraj.load(str(out / "backmapped.dcd"), top=str(out / "backmapped.pdb"))
+    scored = against_fg(traj.xyz.astype(float), fg, "backmapped (phi, psi) ensemble")
+    return {"summary": {k: summary[k] for k in ("rmse_vs_reference_kJmol", "vs_reference", "n_untrusted",
+                                                "ess_fraction_median", "ess_fraction_median_low_F", "backmapped",
+                                                "energy_evaluations_training", "energy_evaluations_estimate",
+                                                "energy_evaluations_backmap", "energy_evaluations_total")},
+            "wall_s": wall, **scored}
 
 
-def heavy_bonds(xyz: np.ndarray) -> np.ndarray:
-    """Lengths (nm) of the nine heavy-atom bonds, (n, 9), for positions (n, 22, 3)."""
-    return np.stack([np.linalg.norm(xyz[:, i] - xyz[:, j], axis=-1) for i, j in HEAVY_BONDS], -1)
+def hydrogens_from_beads(args, fg: dict) -> dict:
+    """Train q(H | heavy atoms) on half the FG frames' heavy atoms; backmap the other half."""
+    from cgflow.reconstruction.backmap import backmap_hydrogens, hydrogen_flow, hydrogen_setup, train_hydrogen_flow
+    from cgflow.reconstruction.training import TrainSettings
+    from cgflow.systems.alanine import HEAVY_ATOMS
+
+    _, _, hmap, energy = hydrogen_setup()
+    beads = fg["xyz"][:, list(HEAVY_ATOMS)]  # the CG map: the 10 heavy atoms
+    train_beads, test_beads = beads[0::2], beads[1::2]
+    flow = hydrogen_flow(hmap, seed=args.seed)
+    t0 = time.perf_counter()
+    result = train_hydrogen_flow(flow, energy, train_beads,
+                                 TrainSettings(steps=args.h_steps, batch=128, lr=1e-3, log_interval=max(1, args.h_steps // 10),
+                                               seed=args.seed + 1))
+    train_s = time.perf_counter() - t0
+    back = backmap_hydrogens(flow, energy, test_beads, args.h_candidates, np.random.default_rng(args.seed))
+    print(f"hydrogen flow: {args.h_steps} steps, {result['energy_evaluations']} energy evaluations ({train_s:.0f} s); "
+          f"{len(test_beads)} frames backmapped, median ESS of {args.h_candidates} candidates "
+          f"{np.median(back['ess']):.2f}", flush=True)
+    scored = against_fg(back["xyz"], {k: v[1::2] for k, v in fg.items() if k != "wall_s"}, "hydrogens on FG heavy atoms")
+    return {"train_evaluations": result["energy_evaluations"], "train_s": train_s, "frames": len(test_beads),
+            "candidates_per_frame": args.h_candidates, "median_candidate_ess": float(np.median(back["ess"])), **scored}
 
 
-def fg_md(system, positions, kT: float, steps: int = 500_000, every: int = 100):
-    """Potential energies (kJ/mol) and heavy-atom bond lengths of a plain 300 K FG run (2 fs, HBonds)."""
+def against_fg(xyz: np.ndarray, fg: dict, label: str) -> dict:
+    """Every bond's mean length and the potential-energy distribution of ``xyz`` vs FG MD's."""
+    from cgflow.reconstruction.alanine import HYDROGENS, OpenMMEnergy
+    from cgflow.systems.alanine import AlanineDipeptide
+
+    system = AlanineDipeptide().create_system()
+    energy, _ = OpenMMEnergy(system, "CPU")(xyz)
+    pairs = bond_pairs()
+    dev = np.abs(bond_lengths(xyz, pairs).mean(0) - bond_lengths(fg["xyz"], pairs).mean(0))
+    x_h = np.array([i in HYDROGENS or j in HYDROGENS for i, j in pairs])
+    overlap = histogram_overlap(energy, fg["energy"])
+    # the same figure for FG frames against FG MD: what a perfect ensemble of this size scores
+    rng = np.random.default_rng(0)
+    baseline = float(np.median([histogram_overlap(rng.choice(fg["energy"], len(energy)), fg["energy"])
+                                for _ in range(20)]))
+    print(f"{label} vs FG MD: bond means within {dev.max():.4f} nm (heavy {dev[~x_h].max():.4f}, X-H "
+          f"{dev[x_h].max():.5f}; target 0.005), energy overlap {overlap:.2f} ({len(energy)} FG frames: "
+          f"{baseline:.2f}), mean energy {energy.mean():.1f} vs {fg['energy'].mean():.1f} kJ/mol", flush=True)
+    return {"bond_max_dev_nm": float(dev.max()), "heavy_bond_max_dev_nm": float(dev[~x_h].max()),
+            "xh_bond_max_dev_nm": float(dev[x_h].max()), "energy_overlap": overlap,
+            "energy_overlap_fg_same_size": baseline,
+            "mean_energy_kJmol": float(energy.mean()), "fg_mean_energy_kJmol": float(fg["energy"].mean())}
+
+
+def bond_pairs() -> list[tuple[int, int]]:
+    from cgflow.systems.alanine import AlanineDipeptide
+
+    return [(b[0].index, b[1].index) for b in AlanineDipeptide().topology().bonds()]
+
+
+def bond_lengths(xyz: np.ndarray, pairs) -> np.ndarray:
+    """Lengths (n, bonds) nm."""
+    return np.stack([np.linalg.norm(xyz[:, i] - xyz[:, j], axis=-1) for i, j in pairs], -1)
+
+
+def histogram_overlap(a: np.ndarray, b: np.ndarray, bins: int = 60) -> float:
+    """Overlap sum_k min(p_k, q_k) of two samples' normalised histograms on common bins (1 = same)."""
+    edges = np.linspace(min(np.percentile(a, 0.5), np.percentile(b, 0.5)),
+                        max(np.percentile(a, 99.5), np.percentile(b, 99.5)), bins + 1)
+    p = np.histogram(np.clip(a, edges[0], edges[-1]), edges)[0] / len(a)
+    q = np.histogram(np.clip(b, edges[0], edges[-1]), edges)[0] / len(b)
+    return float(np.minimum(p, q).sum())
+
+
+def fg_md(steps: int, seed: int, every: int = 100) -> dict:
+    """Positions (n, 22, 3) nm and potential energies (kJ/mol) of a plain 300 K FG run (2 fs, HBonds)."""
     import openmm
 
+    from cgflow.systems.alanine import AlanineDipeptide
+
+    ala = AlanineDipeptide()
     integrator = openmm.LangevinMiddleIntegrator(300.0, 1.0, 0.002)
-    integrator.setRandomNumberSeed(7)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
-    context.setPositions(positions)
-    context.setVelocitiesToTemperature(300.0, 7)
+    integrator.setRandomNumberSeed(seed)
+    context = openmm.Context(ala.create_system(), integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    context.setPositions(ala.initial_positions())
+    context.setVelocitiesToTemperature(300.0, seed)
+    t0 = time.perf_counter()
     integrator.step(20_000)
-    energies, bonds = [], []
+    energies, xyz = [], []
     for _ in range(steps // every):
         integrator.step(every)
         state = context.getState(getEnergy=True, getPositions=True)
         energies.append(state.getPotentialEnergy()._value)
-        bonds.append(heavy_bonds(state.getPositions(asNumpy=True)._value[None])[0])
-    return np.array(energies), np.array(bonds)
-
-
-def find_reference_csv() -> Path:
-    """The shipped alanine (vacuum, phi/psi, 300 K) metadynamics_long reference."""
-    import glob
-
-    from cgflow.systems import alanine
-
-    data = Path(alanine.__file__).parent / "data"
-    found = sorted(glob.glob(str(data / "reference-*.csv")))
-    if not found:
-        raise SystemExit("no shipped alanine reference in cgflow/systems/data")
-    return Path(found[0])
+        xyz.append(state.getPositions(asNumpy=True)._value)
+    return {"energy": np.array(energies), "xyz": np.array(xyz), "wall_s": time.perf_counter() - t0}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,12 @@ def test_ccg_stage_hash_ignores_estimation_and_analysis_keys():
 
 
 @pytest.mark.parametrize("system, ccg, match", [
-    ({"type": "alanine_dipeptide"}, {}, "toy systems only"),
+    ({"type": "alanine_dipeptide", "cv": "phi"}, {}, r"ccg: system.cv 'phi' is not allowed .* allowed: \[phi, psi\]"),
+    ({"type": "alanine_dipeptide", "cv": ["psi", "phi"]}, {}, "give \\[phi, psi\\] in this order"),
+    ({"type": "alanine_dipeptide"}, {"train": {"nll_weight": 1}}, "ccg.train.nll_weight: 1 is not allowed for alanine"),
+    ({"type": "alanine_dipeptide"}, {"flow": {"passes": 1}}, "ccg.flow.passes: 1 is not allowed; it must be >= 2"),
+    ({"type": "alanine_dipeptide"}, {"backmap": {"frames": 0}}, "ccg.backmap.frames: 0 is not allowed; it must be >= 1"),
+    ({"type": "alanine_dipeptide"}, {"backmap": {"max_F_kJmol": -1}}, "ccg.backmap.max_F_kJmol: -1 is not allowed"),
     ({"type": "toy", "potential": "double_well"}, {}, "nothing to reconstruct"),
     ({"type": "toy", "energy": "x^2 + y^2", "cv": "x^2 + y", "box": {"x": [-1, 1], "y": [-1, 1]}}, {}, "not linear"),
     ({"type": "toy", "potential": "double_well_2d"}, {"train": {"conditioning": "cg"}}, "ccg.train.conditioning"),
@@ -49,4 +54,16 @@ def test_shipped_ccg_example_is_valid():
     from tests.conftest import ROOT
 
     c = load_config(ROOT / "config" / "examples" / "ccg_double_well.yaml")
-    assert c.ccg is not None and c.ccg.grid_points == (40,)
+    assert c.ccg is not None and c.ccg.grid_points == (40,) and c.ccg.passes is None
+
+
+def test_alanine_ccg_defaults_and_example():
+    from tests.conftest import ROOT
+
+    c = load_config({"campaign": "c", "system": {"type": "alanine_dipeptide", "solvent": "obc2"},
+                     "analysis": {"bins": 24}, "ccg": {}}).ccg
+    assert c.passes == 2 and c.grid_points == (24, 24) and c.conditioning == "grid"
+    assert (c.backmap_frames, c.backmap_proposals, c.backmap_max_F) == (200, 4000, 20.0)
+    ex = load_config(ROOT / "config" / "examples" / "ccg_alanine.yaml")
+    assert ex.system.type == "alanine_dipeptide" and ex.ccg.batch * ex.ccg.steps <= 200_000
+    assert ex.ccg.grid_points == (36, 36) and ex.analysis.bins == (36, 36) and ex.analysis.reference == "metadynamics_long"

@@ -101,3 +101,52 @@ def test_ccg_beside_the_rounds_and_the_exact_pmf(tmp_path, cli_env):
     table = pd.read_csv(out / "comparison.csv")
     assert len(table) == 20 and {"F_ccg_kJmol", "F_rounds_kJmol", "F_ref_kJmol", "ccg_trusted"} <= set(table)
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+ALANINE = ROOT / "config" / "examples" / "ccg_alanine.yaml"
+
+
+@pytest.mark.slow
+def test_alanine_ccg_stage_end_to_end(tmp_path, cli_env):
+    """The alanine ccg stage through Snakemake with a tiny flow: F on a 6 x 6 grid with trust flags
+    and the shipped reference beside it, and backmapped all-atom structures mdtraj reads."""
+    import mdtraj
+    import numpy as np
+
+    from cgflow.config import KB
+
+    cfg = yaml.safe_load(ALANINE.read_text())
+    cfg["campaign"] = "ccg-ala-small"
+    cfg["ccg"]["flow"].update({"transforms": 3, "hidden": [64]})
+    cfg["ccg"]["train"].update({"steps": 300, "batch": 64, "lr": 0.003, "checkpoint_interval": 100})
+    cfg["ccg"]["estimate"].update({"samples_per_point": 100, "grid_points": 6, "bootstrap": 30,
+                                   "min_ess_fraction": 0.03, "min_ess": 3})
+    cfg["ccg"]["backmap"].update({"frames": 20, "proposals": 300, "max_F_kJmol": 40.0})
+    config = tmp_path / "ala.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    target = "results/ccg-ala-small/ccg/summary.json"
+    dry = snakemake("-n", "--configfile", config, "-d", tmp_path, target, env=cli_env)
+    assert dry.returncode == 0, dry.stderr
+    assert planned_rules(dry.stdout) == {"campaign_config", "reference", "reconstruct", "ccg_fes"}
+    run = snakemake("--configfile", config, "-d", tmp_path, "--cores", "1", target, env=cli_env)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    out = tmp_path / "results" / "ccg-ala-small" / "ccg"
+    summary = json.loads((out / "summary.json").read_text())
+    fes = pd.read_csv(out / "ccg_fes.csv")
+    assert len(fes) == 36 and {"phi", "psi", "F_kJmol", "F_err_kJmol", "ess_fraction", "trusted", "F_ref_kJmol",
+                               "mean_force_psi_kJmol_rad"} <= set(fes)
+    trusted = fes[fes.trusted]
+    assert len(trusted) > 0 and np.isfinite(trusted.F_kJmol).all() and np.isfinite(trusted.F_err_kJmol).all()
+    np.testing.assert_array_equal(fes.trusted, (fes.ess_fraction >= 0.03) & (fes.ess >= 3) & np.isfinite(fes.F_kJmol))
+    assert summary["fg_md_steps"] == 0 and summary["reference"] == "metadynamics_long"
+    region = fes.F_ref_kJmol - fes.F_ref_kJmol.min() < 8.02 * KB * 300.0
+    assert summary["vs_reference"]["n_compared"] == int((fes.trusted & region).sum())
+    assert np.isfinite(summary["rmse_vs_reference_kJmol"])
+    assert summary["energy_evaluations_total"] == 300 * 64 + 36 * 100 + 300
+
+    traj = mdtraj.load(str(out / "backmapped.dcd"), top=str(out / "backmapped.pdb"))
+    assert traj.n_frames == 20 and traj.n_atoms == 22 and traj.topology.n_residues == 3
+    phi_psi = mdtraj.compute_dihedrals(traj, [[4, 6, 8, 14], [6, 8, 14, 16]])
+    assert np.isfinite(phi_psi).all()
+    assert not (out / "flow.checkpoint.pt").exists()

@@ -2,7 +2,9 @@
 
 Only requested when the config has a ``ccg:`` section (see ``ccg_targets`` in common.smk);
 outputs under results/<campaign>/ccg/. With the default grid conditioning and no NLL the flow
-needs the config only (no FG frames); otherwise it reads every round's samples.
+needs the config only (no FG frames); otherwise it reads every round's samples. For alanine
+dipeptide ccg_fes also reads the reference (when analysis.reference is not none) and writes
+backmapped.dcd + backmapped.pdb.
 """
 
 
@@ -35,13 +37,16 @@ rule ccg_fes:
         config=CONFIG_FILE,
         flow=rules.reconstruct.output.flow,
         flow_json=rules.reconstruct.output.flow_json,
+        reference=ccg_reference(),
     output:
         fes=report(f"{RESULTS}/ccg/ccg_fes.csv", category="Cycle coarse graining"),
         diagnostics=f"{RESULTS}/ccg/diagnostics.csv",
         plot=report(f"{RESULTS}/ccg/ccg_fes.png", category="Cycle coarse graining"),
         summary=f"{RESULTS}/ccg/summary.json",
+        **ccg_backmapped(),
     params:
         out_dir=lambda wildcards, output: Path(output.fes).parent,
+        reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
     threads: 1
     log:
         f"{RESULTS}/logs/ccg-fes.log",
@@ -51,7 +56,7 @@ rule ccg_fes:
         "Free energy at every grid point from the flow alone (importance sampling, ESS trust flags)"
     shell:
         "cgflow ccg-fes --config {input.config} --flow {input.flow} --flow-json {input.flow_json} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "--out-dir {params.out_dir} {params.reference} > {log} 2>&1"
 
 
 rule ccg_compare:

@@ -115,7 +115,22 @@ def ccg_targets():
     if CAMPAIGN.ccg is None:
         return []
     return [f"{RESULTS}/ccg/{name}" for name in ("flow.pt", "ccg_fes.csv", "diagnostics.csv", "ccg_fes.png", "summary.json",
-                                                 "comparison.csv", "comparison.json", "comparison.png")]
+                                                 "comparison.csv", "comparison.json", "comparison.png")] + list(
+        ccg_backmapped().values())
+
+
+def ccg_backmapped():
+    """ccg_fes's all-atom outputs: backmapped.dcd + .pdb for a molecule, none for a toy."""
+    if CAMPAIGN.ccg is None or CAMPAIGN.system.is_toy:
+        return {}
+    return {"dcd": f"{RESULTS}/ccg/backmapped.dcd", "pdb": f"{RESULTS}/ccg/backmapped.pdb"}
+
+
+def ccg_reference():
+    """The reference ccg_fes scores a molecule against (toys: pointwise quadrature, no file)."""
+    if CAMPAIGN.ccg is None or CAMPAIGN.system.is_toy or not has_reference():
+        return []
+    return f"{RESULTS}/reference.csv"
 
 
 def ccg_samples():
