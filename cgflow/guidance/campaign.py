@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.guidance.bias import BiasGrid
-from cgflow.guidance.policy import Basis, applied_bias, data_support, fit_policy, trust
+from cgflow.guidance.policy import Basis, data_support, fit_policy, trust
 from cgflow.io import write_json
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,18 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     V = basis(points) @ policy.coefficients
     _, eps_b = ensemble_at(model, grid, kT, points)
     sigma = trust(eps_b, g.e0, g.e1) * support(points)
-    # never more than the well-tempered fill (1 - 1/gamma) of the free-energy range the model is
-    # trusted over: a basis function poorly pinned by the data cannot blow up where the trust fades
+    # zero at the edge of the trusted region, never negative beyond it, and never more than the
+    # well-tempered fill (1 - 1/gamma) of the free-energy range the model is trusted over: a
+    # basis function poorly pinned by the data cannot blow up where the trust fades
     trusted = trust_grid >= 0.5
-    cap = (1 - 1 / g.gamma) * float(np.ptp(F_grid[trusted])) if trusted.any() else 0.0
-    shape = bias.values.shape
-    applied = applied_bias(V.reshape(shape), sigma.reshape(shape), cap, periodic)
-    if not applied.any():
+    if (sigma >= 0.5).any() and trusted.any():
+        cap = (1 - 1 / g.gamma) * float(np.ptp(F_grid[trusted]))
+        applied = sigma * np.clip(V - V[sigma >= 0.5].min(), 0.0, cap)
+    else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "
                     "unbiased (more frames per round, or a lower guidance.min_frames)", round_index)
-    values = applied
+        applied = np.zeros_like(V)
+    values = applied.reshape(bias.values.shape)
     for axis, p in enumerate(periodic):
         if p:
             first = np.take(values, [0], axis=axis)

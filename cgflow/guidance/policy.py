@@ -13,14 +13,9 @@ with the trust weight sigma(eps(s)) (1 below e0, cosine to 0 at e1, eps the ense
 disagreement): the bias is learnt only where the CG model is trusted, and there its minimiser
 is V = -F - kT ln p_target + c. Omega is convex in a, so L-BFGS finds the minimum.
 
-The applied bias is sigma(eps) clip(V - V_exit, 0, cap) (:func:`applied_bias`). The trusted
-region may fall in pieces (basins found apart, e.g. by walkers seeded across a barrier); on
-each, V_exit is the largest V on its frontier, i.e. at its lowest-free-energy exit: the bias is
-zero there and at every higher exit, so it joins the unbiased landscape beyond the frontier
-without a step, and fills the piece up to the level of that exit, so walkers are pushed through
-it and explore freely beyond it. Each piece is filled on its own, as their relative free
-energy is what the walkers have not measured yet. With no frontier (all of the CV domain
-trusted) V_exit is the minimum of V: the full well-tempered fill.
+The applied bias is sigma(eps) (V - min V), with the minimum over the trusted region: it is
+zero at the frontier of what the model knows and fills the known basins, so walkers are
+pushed toward the frontier and then explore freely beyond it.
 """
 
 from __future__ import annotations
@@ -71,65 +66,6 @@ def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
         return np.clip(interpolate(points), 0.0, 1.0)
 
     return support
-
-
-def frontier(trusted: np.ndarray, periodic) -> np.ndarray:
-    """Trusted grid points next to an untrusted one (axis i of ``trusted`` is CV i; neighbours
-    along each axis, wrapped for periodic CVs, none beyond the edge of a non-periodic one)."""
-    trusted = np.asarray(trusted, dtype=bool)
-    edge = np.zeros_like(trusted)
-    for axis, p in enumerate(periodic):
-        for shift in (1, -1):
-            neighbour = np.roll(trusted, shift, axis=axis)
-            if not p:  # the rolled-in row is not a neighbour
-                index = [slice(None)] * trusted.ndim
-                index[axis] = 0 if shift == 1 else -1
-                neighbour[tuple(index)] = True
-            edge |= trusted & ~neighbour
-    return edge
-
-
-def components(trusted: np.ndarray, periodic) -> tuple[np.ndarray, int]:
-    """Connected pieces of the trusted grid points (nearest neighbours along each axis, joined
-    across the ends of periodic CVs): labels 1..n per point, 0 where untrusted, and n."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(np.asarray(trusted, dtype=bool))
-    parent = np.arange(n + 1)
-
-    def root(i):
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for axis, p in enumerate(periodic):
-        if p:
-            first, last = np.take(labels, 0, axis=axis), np.take(labels, -1, axis=axis)
-            for a, b in zip(first.ravel(), last.ravel()):
-                if a and b:
-                    parent[root(a)] = root(b)
-    roots = np.array([root(i) for i in range(n + 1)])
-    _, compact = np.unique(roots, return_inverse=True)  # root 0 (untrusted) stays 0
-    return compact[labels], int(compact.max())
-
-
-def applied_bias(V: np.ndarray, sigma: np.ndarray, cap: float, periodic) -> np.ndarray:
-    """The bias the FG engine gets from the policy's V on a grid (axis i = CV i) with trust
-    ``sigma`` there: on each connected piece of the trusted region (sigma >= 0.5, a known basin
-    or group of basins) sigma clip(V - V_exit, 0, cap), V_exit the piece's largest V on its
-    frontier (module docstring); beyond the pieces, where the trust fades, the same with the
-    highest V_exit of all (the smallest bias). Zero where nothing is trusted."""
-    trusted = sigma >= 0.5
-    if not trusted.any():
-        return np.zeros_like(V)
-    labels, n = components(trusted, periodic)
-    edge = frontier(trusted, periodic)
-    level = np.empty(n + 1)
-    for c in range(1, n + 1):
-        piece = labels == c
-        level[c] = V[piece & edge].max() if (piece & edge).any() else V[piece].min()
-    level[0] = level[1:].max()
-    return sigma * np.clip(V - level[labels], 0.0, cap)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgflow.guidance.policy import Basis, applied_bias, components, data_support, fit_policy, frontier, trust
+from cgflow.guidance.policy import Basis, data_support, fit_policy, trust
 from cgflow.guidance.seeding import choose_starts, frontier_scores
 
 KT = 2.494
@@ -70,45 +70,3 @@ def test_starts_reseed_the_frontier_and_keep_the_rest():
     assert set(frames[seeded]) == {3, 33, 55, 71}
     assert (frames[~seeded] == last[~seeded]).all()
     assert frontier_scores(np.array([0.0, 2.0]), np.array([100, 0])).tolist() == [0.0, 1.0]
-
-
-def test_applied_bias_fills_up_to_the_lowest_exit_and_joins_the_landscape_beyond():
-    """One basin known between a low exit (toward the barrier) and a high wall: the bias is
-    (1 - 1/gamma) (F_exit - F) inside, zero at and beyond both edges, never a step."""
-    x = np.linspace(-2, 2, 401)
-    F = 25 * (x**2 - 1) ** 2
-    V = -(1 - 1 / 8) * F + 3.0  # the VES minimiser up to a constant
-    known = (x > 0.2) & (x < 1.5)
-    bias = applied_bias(V, known.astype(float), cap=1e3, periodic=(False,))
-    exit_F = F[known][0]  # F at x = 0.2 is below F at the wall, x = 1.5
-    assert bias[known].max() == pytest.approx((1 - 1 / 8) * exit_F, rel=1e-3)
-    assert bias[~known].max() == 0.0 and bias[known][0] == pytest.approx(0.0, abs=1e-9)
-    assert bias[known][-1] == 0.0  # the wall's higher edge: clipped, no cliff
-    np.testing.assert_allclose(bias[known], np.clip((1 - 1 / 8) * (exit_F - F[known]), 0, None), atol=1e-9)
-    # all of the domain known: the full well-tempered fill, from the minimum of V
-    full = applied_bias(V, np.ones_like(x), cap=1e3, periodic=(False,))
-    assert full.max() == pytest.approx((1 - 1 / 8) * F.max(), rel=1e-6)
-    assert frontier(known, (False,)).sum() == 2
-    assert not frontier(np.ones((5, 5), dtype=bool), (True, True)).any()
-
-
-def test_each_known_basin_is_filled_up_to_its_own_exit():
-    """Two basins known apart, the model's offset between them wrong by 10 kJ/mol: each is filled
-    to its own exit toward the unknown barrier, so walkers are pushed over it from both sides."""
-    x = np.linspace(-2, 2, 401)
-    F = 25 * (x**2 - 1) ** 2 + np.where(x < 0, 10.0, 0.0)  # the left basin misplaced
-    known = ((x > 0.3) & (x < 1.4)) | ((x < -0.3) & (x > -1.4))
-    bias = applied_bias(-(1 - 1 / 8) * F, known.astype(float), cap=1e3, periodic=(False,))
-    for side in (x < 0, x > 0):
-        piece = known & side
-        exit_F = F[piece][np.argmin(np.abs(x[piece]))]  # the edge toward the barrier
-        np.testing.assert_allclose(bias[piece], np.clip((1 - 1 / 8) * (exit_F - F[piece]), 0, None), atol=1e-9)
-    assert bias[~known].max() == 0.0
-
-
-def test_trusted_pieces_join_across_a_periodic_boundary():
-    trusted = np.zeros(20, dtype=bool)
-    trusted[[0, 1, 2, 10, 11, 17, 18, 19]] = True
-    labels, n = components(trusted, (True,))
-    assert n == 2 and labels[0] == labels[19] and labels[0] != labels[10]
-    assert components(trusted, (False,))[1] == 3
