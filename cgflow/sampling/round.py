@@ -93,7 +93,9 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
         )
 
     platform = open_workdir(workdir, job, choose)
-    properties = platform_properties(platform, device_index=gpu_device(), threads=cpu_threads(pinned))
+    # counting GPUs may import torch (~1 s): only a GPU platform needs the device index
+    device = gpu_device() if platform in ("CUDA", "OpenCL") else None
+    properties = platform_properties(platform, device_index=device, threads=cpu_threads(pinned))
     log.info("rank %d of %d: walkers %d-%d on %s %s", rank, size, walkers[0], walkers[-1], platform, properties)
     progress = _Progress(len(walkers) * (settings.steps + settings.equilibration))
     frames = [

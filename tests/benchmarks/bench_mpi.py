@@ -4,7 +4,9 @@
 * Walker throughput (walker-steps per second of ``cgflow sample`` wall time, from the round's
   provenance ``wall_s``: sampling plus the gather on rank 0, without interpreter start-up) with
   1 and 2 MPI ranks (``mpiexec -n``), for alanine dipeptide (one OpenMM Context per walker) and
-  toy walkers (one Context of particles per rank), and the 2/1 ratio (target >= 1.8 on 2 cores).
+  toy walkers (one Context of particles per rank), and the 2/1 ratio (target >= 1.8 on 2 cores);
+  beside it the same from the MD time alone (``md_wall_s`` per rank), without the per-rank set-up
+  (force field, System, Context) that more ranks do not shorten.
 * Per-job overhead of the SLURM path: the same 2-round toy campaign run locally and with
   ``--profile profiles/slurm --workflow-profile tests/hpc/site`` (needs a cluster: ``make
   slurm-up``), (wall_slurm - wall_local) / jobs.
@@ -43,7 +45,8 @@ SYSTEMS = {
 }
 
 
-def throughput(where: Path, name: str, spec: dict, ranks: int) -> float:
+def throughput(where: Path, name: str, spec: dict, ranks: int) -> tuple[float, float]:
+    """(walker-steps/s of the whole ``cgflow sample``, walker-steps/s of its MD alone)."""
     from cgflow.config import load_config
     from cgflow.io import read_provenance
 
@@ -55,7 +58,8 @@ def throughput(where: Path, name: str, spec: dict, ranks: int) -> float:
     subprocess.run(cmd, env=ENV, check=True, capture_output=True)
     prov = read_provenance(out / "samples.parquet")
     assert prov["ranks"] == ranks
-    return spec["sampling"]["walkers"] * spec["sampling"]["steps"] / prov["wall_s"]
+    walker_steps = spec["sampling"]["walkers"] * spec["sampling"]["steps"]
+    return walker_steps / prov["wall_s"], walker_steps / (prov["md_wall_s"] / ranks)
 
 
 def campaign_wall(where: Path, *extra: str) -> tuple[float, str]:
@@ -84,11 +88,12 @@ def main() -> None:
     result: dict = {"cores": os.cpu_count(), "throughput_walker_steps_per_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
-        print(f"{'system':48s} {'1 rank':>12s} {'2 ranks':>12s} {'2/1':>6s}")
+        print(f"{'system':48s} {'1 rank':>12s} {'2 ranks':>12s} {'2/1':>6s} {'2/1 MD only':>12s}")
         for i, (label, spec) in enumerate(SYSTEMS.items()):
-            one, two = (throughput(where, f"s{i}", spec, n) for n in (1, 2))
-            result["throughput_walker_steps_per_s"][label] = {"1": one, "2": two, "ratio": two / one}
-            print(f"{label:48s} {one:12.0f} {two:12.0f} {two / one:6.2f}")
+            (one, md_one), (two, md_two) = (throughput(where, f"s{i}", spec, n) for n in (1, 2))
+            result["throughput_walker_steps_per_s"][label] = {"1": one, "2": two, "ratio": two / one,
+                                                              "md_ratio": md_two / md_one}
+            print(f"{label:48s} {one:12.0f} {two:12.0f} {two / one:6.2f} {md_two / md_one:12.2f}")
 
         state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() \
             if shutil.which("sinfo") else ""
