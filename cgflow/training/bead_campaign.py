@@ -58,11 +58,11 @@ def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=10
 def mapped_frames(system, positions: np.ndarray, forces: np.ndarray, temperature: float, steps_per_s: float,
                   weights: np.ndarray | None = None) -> dict:
     """The cg stage's FG data from all-atom frames (n, 22, 3) nm and their unbiased forces (kJ/mol/nm)."""
+    import openmm.unit as u
+
     from cgflow.systems.cg_map import alanine_map
 
     cmap = alanine_map()
-    import openmm.unit as u
-
     omm = system.create_system()
     masses = np.array([omm.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.n_atoms)])
     data = {"x": cmap.map_positions(positions), "f": cmap.map_forces(forces), "phipsi": system.cv_values(positions),
@@ -236,9 +236,11 @@ def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None 
 
     s, c = campaign.sampling, campaign.cg
     if rounds is not None:
+        from cgflow.analysis.reweight import kish
+
         data = rounds_mapped(campaign, *rounds)
         log.info("FG mapped data from %d rounds: %d frames, Kish ESS %.0f", len(rounds[0]), len(data["x"]),
-                 1 / np.sum(data["weights"] ** 2))
+                 kish(data["weights"]))
     else:
         if s.pin_cpu:
             pin_to_free_core()
