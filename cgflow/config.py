@@ -294,6 +294,9 @@ class CGConfig:
     md_friction: float
     md_steps: int
     md_replicas: int
+    md_precision: str
+    md_compile: bool
+    md_device: str
 
     def trainer_settings(self) -> dict:
         """The nested settings :func:`cgflow.training.bead_campaign.train` takes."""
@@ -301,7 +304,8 @@ class CGConfig:
                        "patience": self.patience},
                 "re": {"lr": self.re_lr, "epochs": self.re_epochs, "sim_steps": self.re_sim_steps,
                        "replicas": self.re_replicas, "report_interval": max(1, self.re_sim_steps // 20)},
-                "md": {"timestep": self.md_timestep, "friction": self.md_friction},
+                "md": {"timestep": self.md_timestep, "friction": self.md_friction, "precision": self.md_precision,
+                       "compile": self.md_compile, "device": self.md_device},
                 "n_eff_threshold": self.n_eff_threshold}
 
 

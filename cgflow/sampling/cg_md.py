@@ -22,14 +22,6 @@ class CGBlowUp(RuntimeError):
     """CG MD became unstable (non-finite forces or a runaway bead)."""
 
 
-def forces(model, x: torch.Tensor):
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        e = model(x)
-        (g,) = torch.autograd.grad(e.sum(), x)
-    return e.detach(), -g
-
-
 @dataclass
 class CGTrajectory:
     positions: torch.Tensor  # (n_frames, R, N, 3)
@@ -42,27 +34,39 @@ def langevin_md(model, x0: torch.Tensor, masses, temperature: float, timestep: f
                 friction: float = 1.0, report_interval: int = 100, box: float | None = None,
                 generator: torch.Generator | None = None, max_displacement: float = 0.05,
                 v0: torch.Tensor | None = None) -> CGTrajectory:
-    """Run ``n_steps`` of BAOAB from ``x0`` (R, N, 3); record every ``report_interval`` steps."""
+    """Run ``n_steps`` of BAOAB from ``x0`` (R, N, 3); record every ``report_interval`` steps.
+
+    ``model`` is a bead potential (evaluated eagerly in x0's dtype, on x0's device) or a
+    :class:`BeadForces` (its precision and device, compiled or not), which is synced to its model
+    first. ``generator`` must live on that device. The trajectory comes back on the CPU.
+    """
     import time
 
+    from cgflow.sampling.cg_forces import BeadForces, eager_forces
+
+    if isinstance(model, BeadForces):
+        model.sync()
+        forces, x = model, x0.detach().to(device=model.device, dtype=model.dtype)
+    else:
+        forces, x = (lambda y: eager_forces(model, y)), x0.detach().clone()
     kT = KB * temperature
-    x = x0.detach().clone()
-    m = torch.as_tensor(masses, dtype=x.dtype).reshape(1, -1, 1)
+    m = torch.as_tensor(masses, dtype=x.dtype, device=x.device).reshape(1, -1, 1)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    v = torch.randn(x.shape, generator=gen, dtype=x.dtype) * torch.sqrt(kT / m) if v0 is None else v0.clone()
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device) * torch.sqrt(kT / m) if v0 is None \
+        else v0.to(device=x.device, dtype=x.dtype)
     c1 = math.exp(-friction * timestep)
     c2 = torch.sqrt((1 - c1**2) * kT / m)
     h = timestep
-    e, f = forces(model, x)
+    e, f = forces(x)
     frames, energies = [], []
     t0 = time.perf_counter()
     for step in range(1, n_steps + 1):
         x_prev = x
         v = v + 0.5 * h * f / m
         x = x + 0.5 * h * v
-        v = c1 * v + c2 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        v = c1 * v + c2 * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         x = x + 0.5 * h * v
-        e, f = forces(model, x)
+        e, f = forces(x)
         v = v + 0.5 * h * f / m
         disp = (x - x_prev).abs().amax(dim=(1, 2))
         disp = torch.where(torch.isfinite(disp), disp, torch.full_like(disp, float("inf")))
@@ -75,11 +79,11 @@ def langevin_md(model, x0: torch.Tensor, masses, temperature: float, timestep: f
         if box is not None:
             x = torch.remainder(x, box)
         if step % report_interval == 0:
-            frames.append(x.clone())
-            energies.append(e.clone())
+            frames.append(x.cpu())
+            energies.append(e.cpu())
     wall = time.perf_counter() - t0
-    pos = torch.stack(frames) if frames else x.new_zeros((0, *x.shape))
-    en = torch.stack(energies) if energies else x.new_zeros((0, x.shape[0]))
+    pos = torch.stack(frames) if frames else torch.zeros((0, *x.shape), dtype=x.dtype)
+    en = torch.stack(energies) if energies else torch.zeros((0, x.shape[0]), dtype=x.dtype)
     return CGTrajectory(pos, en, n_steps, wall)
 
 

@@ -140,31 +140,36 @@ def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float
 
 
 class CGSimulator:
-    """Persistent CG MD replicas: each call continues them and returns decorrelated frames (n, N, 3)."""
+    """Persistent CG MD replicas: each call continues them and returns decorrelated frames (n, N, 3)
+    in double precision, whatever the MD precision."""
 
-    def __init__(self, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0, seed=0):
+    def __init__(self, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0, seed=0,
+                 forces=None):
         import torch
 
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(x0), size=replicas, replace=len(x0) < replicas)
         self.x = torch.as_tensor(np.asarray(x0)[pick])
         self.masses, self.T, self.dt, self.steps = masses, temperature, timestep, steps
-        self.report, self.friction = report_interval, friction
-        self.gen = torch.Generator().manual_seed(seed)
+        self.report, self.friction, self.forces = report_interval, friction, forces
+        self.gen = torch.Generator(device=forces.device if forces else "cpu").manual_seed(seed)
 
     def __call__(self, model):
+        import torch
+
         from cgflow.sampling.cg_md import langevin_md
 
-        tr = langevin_md(model, self.x, self.masses, self.T, self.dt, self.steps, self.friction, self.report,
-                         generator=self.gen)
+        tr = langevin_md(self.forces or model, self.x, self.masses, self.T, self.dt, self.steps, self.friction,
+                         self.report, generator=self.gen)
         self.x = tr.positions[-1]
-        return tr.positions.reshape(-1, *tr.positions.shape[2:])
+        return tr.positions.reshape(-1, *tr.positions.shape[2:]).to(torch.float64)
 
 
 def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: int = 0):
     """Train ``model`` in place with ``objective``; returns the list of trainers that ran (history)."""
     import torch
 
+    from cgflow.sampling.cg_forces import BeadForces
     from cgflow.training.difftre import DiffTRe
     from cgflow.training.force_matching import ForceMatching
     from cgflow.training.observables import phipsi_hist
@@ -181,9 +186,10 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
         fm = cfg["fm"]
         done.append(ForceMatching(model, x, f, batch_size=fm["batch_size"], lr=fm["lr"], max_epochs=fm["epochs"],
                                   patience=fm["patience"], checkpoint=ckpt("fm"), seed=seed).fit())
-    sim_cfg = cfg["re"]
-    simulate = CGSimulator(x, data["masses"], data["temperature"], cfg["md"]["timestep"], sim_cfg["sim_steps"],
-                           sim_cfg["replicas"], sim_cfg["report_interval"], cfg["md"]["friction"], seed)
+    sim_cfg, md = cfg["re"], cfg["md"]
+    simulate = CGSimulator(x, data["masses"], data["temperature"], md["timestep"], sim_cfg["sim_steps"],
+                           sim_cfg["replicas"], sim_cfg["report_interval"], md["friction"], seed,
+                           forces=BeadForces(model, md["precision"], md["compile"], md["device"]))
     if objective in ("re", "fm+re"):
         done.append(RelativeEntropy(model, x, simulate, kT, fg_weights=w, threshold=cfg["n_eff_threshold"],
                                     lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
@@ -198,16 +204,20 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
     return done
 
 
-def cg_md(model, data: dict, timestep: float, steps: int, replicas: int, report_interval: int, friction=1.0, seed=0):
-    """Production CG MD from FG starting structures; returns the trajectory and CG replica-steps/s."""
+def cg_md(model, data: dict, timestep: float, steps: int, replicas: int, report_interval: int, friction=1.0, seed=0,
+          precision: str = "float32", compile: bool = True, device: str = "auto"):
+    """Production CG MD from FG starting structures; returns the trajectory and CG replica-steps/s
+    (steady state: a compile before the first step is not counted)."""
     import torch
 
+    from cgflow.sampling.cg_forces import BeadForces
     from cgflow.sampling.cg_md import langevin_md
 
     rng = np.random.default_rng(seed)
     x0 = torch.as_tensor(data["x"][rng.choice(len(data["x"]), size=replicas)])
-    tr = langevin_md(model, x0, data["masses"], data["temperature"], timestep, steps, friction, report_interval,
-                     generator=torch.Generator().manual_seed(seed))
+    forces = BeadForces(model, precision, compile, device)
+    tr = langevin_md(forces, x0, data["masses"], data["temperature"], timestep, steps, friction, report_interval,
+                     generator=torch.Generator(device=forces.device).manual_seed(seed))
     return tr, replicas * steps / tr.wall_s
 
 
@@ -276,7 +286,7 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     write_json(out_dir / "train.json", {"objective": objective,
                                         "stages": [{"trainer": type(t).__name__, "history": t.history} for t in trainers]})
     traj, rate = cg_md(model, data, c.md_timestep, c.md_steps, c.md_replicas, max(1, c.md_steps // 500),
-                       c.md_friction, campaign.seed)
+                       c.md_friction, campaign.seed, c.md_precision, c.md_compile, c.md_device)
     save_trajectory(traj, out_dir / "cg_md.dcd", alanine_bead_topology())
     cg_pp = phipsi(traj.positions[len(traj.positions) // 10:].reshape(-1, 10, 3))
     score, est, ref = fes_rmse(cg_pp, data["phipsi"], kT, fg_weights=data.get("weights"))

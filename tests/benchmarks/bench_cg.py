@@ -3,7 +3,8 @@
 Reports, in one run and one JSON (``results/bench-cg/bench_cg.json``): the CG-MD (phi, psi)
 FES RMSE against the FG FES for force matching and for relative entropy; whether each model
 is stable for ``--cg-ns`` ns of CG MD at 2 fs and the largest stable time step; CG MD
-replica-steps/s against FG OpenMM steps/s of the same molecule (measured side by side here);
+replica-steps/s (eager float64 and compiled float32) against FG OpenMM steps/s of the same
+molecule in vacuum and OBC2 on the faster OpenMM platform (measured side by side here);
 and the long Henderson check of the LJ fluid. ``--quick`` runs a smoke-sized version.
 """
 
@@ -26,7 +27,39 @@ CFG = {"fm": {"batch_size": 256, "lr": 3e-3, "epochs": 40, "patience": 8},
        # RE: persistent CG chains (as in persistent contrastive divergence) need a learning rate small
        # against their mixing and many replicas; 3e-3 with 32 replicas drifted into 1.8-2.1 kT FES errors
        "re": {"lr": 1e-3, "epochs": 300, "sim_steps": 400, "replicas": 128, "report_interval": 20},
-       "md": {"timestep": 0.002, "friction": 1.0}, "n_eff_threshold": 0.9}
+       "md": {"timestep": 0.002, "friction": 1.0, "precision": "float32", "compile": True,
+              "device": "auto"}, "n_eff_threshold": 0.9}
+
+
+def speed(model, data: dict, quick: bool) -> dict:
+    """CG MD replica-steps/s (eager float64, the old path, and compiled float32, the default) against
+    FG OpenMM steps/s of alanine dipeptide in vacuum and in OBC2, each on its faster platform; all on
+    this one pinned core, one after the other, in this run."""
+    import time
+
+    from cgflow.training import bead_campaign as bc
+
+    fg = {}
+    for solvent, platform in (("vacuum", "CPU"), ("vacuum", "Reference"), ("obc2", "CPU"), ("obc2", "Reference")):
+        steps = (2000 if quick else 20_000) // (4 if solvent == "obc2" else 1)
+        fg[f"{solvent} {platform}"] = bc.sample_fg_mapped(steps=steps, stride=1000 if not quick else 500,
+                                                          equilibration=500, seed=2, solvent=solvent,
+                                                          platform=platform)["steps_per_s"]
+    best = {s: max(v for k, v in fg.items() if k.startswith(s)) for s in ("vacuum", "obc2")}
+    cg, setup = {}, {}
+    for mode, precision, compiled in (("eager float64", "float64", False), ("compiled float32", "float32", True)):
+        for n_rep in (256, 1024, 4096):
+            steps = 20 if quick else max(50, 400_000 // n_rep)
+            t = time.perf_counter()
+            _, rate = bc.cg_md(model, data, 0.002, steps, n_rep, steps, seed=3, precision=precision, compile=compiled)
+            cg[f"{mode} x{n_rep}"] = rate
+            setup[f"{mode} x{n_rep}"] = time.perf_counter() - t - n_rep * steps / rate
+    ratios = {f"{k} / FG {s}": v / best[s] for k, v in cg.items() for s in best}
+    for k, v in cg.items():
+        print(f"CG {k:24s} {v:10.0f} replica-steps/s  (set-up incl. compile {setup[k]:5.1f} s)  "
+              + "  ".join(f"{v / best[s]:6.2f}x FG {s}" for s in best), flush=True)
+    print("FG steps/s: " + ", ".join(f"{k} {v:.0f}" for k, v in fg.items()), flush=True)
+    return {"fg_steps_per_s": fg, "cg_replica_steps_per_s": cg, "cg_setup_s": setup, "cg_over_best_fg": ratios}
 
 
 def main() -> None:
@@ -89,14 +122,7 @@ def main() -> None:
         res["largest_stable_dt_ps"] = largest
         out[objective] = res
         print(objective, json.dumps({k: v for k, v in res.items() if k != "history_tail"}), flush=True)
-    # side-by-side speed: CG replica-steps/s (many replicas vectorised) over FG steps/s, same run, same core
-    speed = {}
-    for n_rep in (32, 256, 1024):
-        _, rate = bc.cg_md(model, data, 0.002, 200 if not args.quick else 20, n_rep, 1000, seed=3)
-        speed[n_rep] = rate
-    fg_rate = bc.sample_fg_mapped(steps=20_000, stride=1000, seed=2)["steps_per_s"]
-    out["speed"] = {"fg_steps_per_s": fg_rate, "cg_replica_steps_per_s": speed,
-                    "cg_over_fg": {k: v / fg_rate for k, v in speed.items()}}
+    out["speed"] = speed(model, data, args.quick)
     # long Henderson check
     sys.path.insert(0, str(ROOT / "tests/unit"))
     from test_cg_henderson import henderson
