@@ -614,11 +614,10 @@ def _check_ccg(config: dict) -> None:
 def _check_ccg_molecule(config: dict) -> None:
     s, c = config["system"], config["ccg"]
     cvs = [name for name, _ in _cv_items(s["cv"])]
-    if sorted(cvs) != ["phi", "psi"]:
-        raise ConfigError(f"ccg: system.cv {_short(s['cv'])} is not allowed with a ccg section for {s['type']}; "
-                          "allowed: [phi, psi] (the flow generates every other internal coordinate given both)")
     if cvs != ["phi", "psi"]:
-        raise ConfigError(f"ccg: system.cv {_short(s['cv'])} is not allowed with a ccg section; give [phi, psi] in this order")
+        raise ConfigError(f"ccg: system.cv {_short(s['cv'])} is not allowed with a ccg section for {s['type']}; "
+                          "allowed: [phi, psi], in this order (the flow generates every other internal coordinate "
+                          "given both)")
     if c["train"]["nll_weight"] > 0:
         raise ConfigError(f"ccg.train.nll_weight: {c['train']['nll_weight']} is not allowed for {s['type']}; "
                           "it must be 0 (reverse KL only: the forward NLL on molecules is not implemented)")

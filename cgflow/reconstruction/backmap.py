@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 
 
 def resample_ensemble(flow, energy, grid: np.ndarray, F: np.ndarray, cell: np.ndarray, kT: float,
@@ -35,8 +36,8 @@ def resample_ensemble(flow, energy, grid: np.ndarray, F: np.ndarray, cell: np.nd
     import torch
 
     grid, F = np.asarray(grid, dtype=float), np.asarray(F, dtype=float)
-    log_p = -(F - F.min()) / kT
-    log_p -= np.log(np.exp(log_p).sum())
+    log_p = -F / kT
+    log_p -= logsumexp(log_p)
     cells = rng.choice(len(grid), size=proposals, p=np.exp(log_p))
     s = grid[cells] + (rng.random((proposals, grid.shape[1])) - 0.5) * np.asarray(cell, dtype=float)
     before = energy.evaluations

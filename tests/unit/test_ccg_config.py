@@ -33,7 +33,7 @@ def test_ccg_stage_hash_ignores_estimation_and_analysis_keys():
 
 @pytest.mark.parametrize("system, ccg, match", [
     ({"type": "alanine_dipeptide", "cv": "phi"}, {}, r"ccg: system.cv 'phi' is not allowed .* allowed: \[phi, psi\]"),
-    ({"type": "alanine_dipeptide", "cv": ["psi", "phi"]}, {}, "give \\[phi, psi\\] in this order"),
+    ({"type": "alanine_dipeptide", "cv": ["psi", "phi"]}, {}, r"allowed: \[phi, psi\], in this order"),
     ({"type": "alanine_dipeptide"}, {"train": {"nll_weight": 1}}, "ccg.train.nll_weight: 1 is not allowed for alanine"),
     ({"type": "alanine_dipeptide"}, {"flow": {"passes": 1}}, "ccg.flow.passes: 1 is not allowed; it must be >= 2"),
     ({"type": "alanine_dipeptide"}, {"backmap": {"frames": 0}}, "ccg.backmap.frames: 0 is not allowed; it must be >= 1"),
