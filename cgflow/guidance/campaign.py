@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.guidance.bias import BiasGrid
-from cgflow.guidance.policy import Basis, data_support, fit_policy, trust
+from cgflow.guidance.policy import Basis, data_free_energy_range, data_support, fit_policy, trust
 from cgflow.io import write_json
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,15 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     _, eps_b = ensemble_at(model, grid, kT, points)
     sigma = trust(eps_b, g.e0, g.e1) * support(points)
     # zero at the edge of the trusted region, never negative beyond it, and never more than the
-    # well-tempered fill (1 - 1/gamma) of the free-energy range the model is trusted over: a
-    # basis function poorly pinned by the data cannot blow up where the trust fades
+    # well-tempered fill (1 - 1/gamma) of the free-energy range over the trusted region: a basis
+    # function poorly pinned by the data cannot blow up where the trust fades. The range is the
+    # larger of the CG model's and the reweighted data's: a smooth model trained on few barrier
+    # frames flattens the barriers, and a cap from it alone would leave them too high to cross
     trusted = trust_grid >= 0.5
     if (sigma >= 0.5).any() and trusted.any():
-        cap = (1 - 1 / g.gamma) * float(np.ptp(F_grid[trusted]))
+        spread = max(float(np.ptp(F_grid[trusted])),
+                     data_free_energy_range(cv, df["weight"].to_numpy(), lower, upper, g.min_frames, kT))
+        cap = (1 - 1 / g.gamma) * spread
         applied = sigma * np.clip(V - V[sigma >= 0.5].min(), 0.0, cap)
     else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "

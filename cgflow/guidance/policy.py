@@ -68,6 +68,17 @@ def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
     return support
 
 
+def data_free_energy_range(cv: np.ndarray, weights: np.ndarray, lower, upper, min_frames: int, kT: float) -> float:
+    """Spread (kJ/mol) of the reweighted FG free energy over the SUPPORT_BINS cells holding at least
+    ``min_frames`` frames: how high the data, not the CG model, say the visited barriers are."""
+    edges = [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+    cv = np.atleast_2d(cv)
+    counts, _ = np.histogramdd(cv, bins=edges)
+    mass, _ = np.histogramdd(cv, bins=edges, weights=weights)
+    held = (counts >= min_frames) & (mass > 0)
+    return float(np.ptp(-kT * np.log(mass[held]))) if held.sum() > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class Basis:
     """Tensor-product basis on the CV domain, without the constant (Omega ignores constants)."""
