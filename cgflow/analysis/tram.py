@@ -7,6 +7,12 @@ all round, and MBAR turns that transient into free-energy errors of many kT. TRA
 Wehmeyer and Noé, PNAS 2016) needs only local equilibrium within each Markov state (here a cell
 of a regular CV grid) and takes the global balance from the transitions the walkers made, so it
 stays right where MBAR fails, and equals MBAR when every round is in equilibrium.
+
+TRAM can place only the frames of its connected set: the Markov states that transitions join both
+ways. When a round's walkers cross a barrier one way and stay (A -> B), basin B is outside that
+set; giving its frames weight 0 hides B from the CG model, so the next bias never fills B and the
+rounds deadlock. Those frames get their MBAR weight instead, from MBAR's equations with the
+connected frames held at TRAM's weights (``outside_log_weights``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
 
 from cgflow.analysis.reweight import Reweighting, kish
 
@@ -30,13 +38,50 @@ def markov_states(cv: np.ndarray, lower, upper, bins: int) -> np.ndarray:
     return index
 
 
+def outside_log_weights(log_w, connected, u, rounds, n_states: int) -> np.ndarray:
+    """Log weights of the frames outside the connected set, on the scale of TRAM's ``log_w``.
+
+    MBAR's equations with the connected frames' weights held at TRAM's: an outside frame weighs
+    w(x) = 1 / sum_k N_k exp(f_k - u_k(x)) (N_k all of round k's frames), where exp(-f_k), round
+    k's biased mass, is its mass on the connected set by TRAM plus sum over the outside frames of
+    w exp(-u_k). No transition returns from the outside, so the link is the rounds' equilibrium
+    alone, as in MBAR. The f_k minimise the convex sum_out log sum_k N_k exp(f_k - u_k(x))
+    + sum_k N_k C_k exp(f_k) - sum_k N_k f_k (C_k: the connected mass), by Newton's method.
+    """
+    n_k = np.bincount(rounds, minlength=n_states)
+    sampled = n_k > 0
+    n_k, u_out = n_k[sampled], u[~connected][:, sampled]
+    log_c = logsumexp(log_w[connected, None] - u[connected][:, sampled], axis=0)
+
+    def terms(f):
+        log_p = np.log(n_k) + f - u_out
+        log_d = logsumexp(log_p, axis=1, keepdims=True)
+        return log_d, np.exp(log_p - log_d), n_k * np.exp(f + log_c)
+
+    def objective(f):
+        log_d, p, c = terms(f)
+        return log_d.sum() + c.sum() - n_k @ f, p.sum(axis=0) + c - n_k
+
+    def hessian(f):
+        _, p, c = terms(f)
+        return np.diag(p.sum(axis=0) + c) - p.T @ p
+
+    fit = minimize(objective, np.where(np.isfinite(log_c), -log_c, 0.0), jac=True, hess=hessian,
+                   method="trust-exact")
+    if not fit.success:
+        raise RuntimeError(f"the free energies of the frames outside TRAM's connected set did not converge: "
+                           f"{fit.message}")
+    return -terms(fit.x)[0][:, 0]
+
+
 def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: int,
                  maxiter: int = 50000, maxerr: float = 1e-7) -> Reweighting:
     """TRAM weights of ``frames`` (columns round, walker, step and the CVs; any order).
 
     ``biases[k]`` is the bias (callable on CV values, kJ/mol, or None) round k sampled. Each
     walker's frames of one round form a trajectory in round k's thermodynamic state; the lag
-    is one saved frame. Frames outside TRAM's largest connected set get weight 0. Raises when
+    is one saved frame. Frames outside TRAM's largest connected set get their MBAR weight
+    (``outside_log_weights``); with none outside the weights are TRAM's alone. Raises when
     the self-consistent iteration does not converge.
     """
     from deeptime.markov import TransitionCountEstimator
@@ -74,7 +119,9 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
                            f"{increment:.2e} kT); the rounds may not be connected - check the per-round ESS")
     log_w = np.concatenate(model.compute_sample_weights_log(dataset.dtrajs, dataset.bias_matrices))
     connected = np.concatenate(dataset.dtrajs) >= 0
-    w_sorted = np.where(connected, np.exp(log_w - log_w[connected].max()), 0.0)
+    if not connected.all():
+        log_w[~connected] = outside_log_weights(log_w, connected, u, rounds, n_states)
+    w_sorted = np.exp(log_w - log_w.max())
     w_sorted /= w_sorted.sum()
     weights = np.empty_like(w_sorted)
     weights[order] = w_sorted
@@ -82,7 +129,10 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     n_k = np.array([np.sum(rounds == k) for k in range(n_states)])
     ess_round = np.array([kish(w_sorted[rounds == k]) for k in range(n_states)])
     result = Reweighting(weights, f_k - f_k[0], n_k, kish(weights), ess_round, None)
-    log.info("TRAM over %d rounds, %d Markov states: f_k = %s kT, ESS %.0f of %d frames (%d outside the "
-             "connected set)", n_states, len(used), np.round(result.f_k, 3), result.ess, len(weights),
-             int((~connected).sum()))
+    log.info("TRAM over %d rounds, %d Markov states: f_k = %s kT, ESS %.0f of %d frames", n_states, len(used),
+             np.round(result.f_k, 3), result.ess, len(weights))
+    if not connected.all():
+        log.info("%d frames outside TRAM's connected set (per round %s) weighted by MBAR: %.3g of the weight",
+                 int((~connected).sum()), np.bincount(rounds[~connected], minlength=n_states).tolist(),
+                 float(w_sorted[~connected].sum()))
     return result

@@ -4,12 +4,14 @@ CG MD spends nearly all its time in the model's energy and its gradient: many sm
 elementwise tensors (radial bases, angles, dihedrals) over every replica. Single precision
 halves that work, and ``torch.compile`` fuses the elementwise kernels of the energy and its
 gradient into a few loops; together 3-6x faster on one CPU core than eager double precision
-for 128-4096 replicas of alanine's 10 beads (``make bench-cg`` measures it). Training stays in double precision: MD runs on a
-shadow copy of the model in the MD dtype, refreshed from the model by :meth:`sync`, so a model
-being trained is simulated after each update without recompiling (the compiled function sees
-the new parameter values, not new tensors). A failed compile (no C++ compiler on the node)
-falls back to eager evaluation with a warning. ``device`` puts the MD copy on a GPU, where the
-replicas run in parallel (``auto``: the first CUDA device when torch sees one).
+for 256-4096 replicas of alanine's 10 beads (``make bench-cg`` measures it).
+
+Training stays in double precision: MD runs on a shadow copy of the model in the MD dtype,
+refreshed from the model by :meth:`sync`, so a model being trained is simulated after each
+update without recompiling (the compiled function sees the new parameter values, not new
+tensors). A failed compile (no C++ compiler on the node) falls back to eager evaluation with a
+warning. ``device`` puts the MD copy on a GPU, where the replicas run in parallel (``auto``:
+the first CUDA device when torch sees one).
 """
 
 from __future__ import annotations

@@ -54,10 +54,10 @@ def two_rounds(seed, walkers=64):
     return frames, [None, Bias(lambda x: -(1 - 1 / GAMMA) * potential(x))]
 
 
-def rmse_kT(frames, weights):
+def rmse_kT(frames, weights, pmf=potential):
     edges = np.linspace(-1.6, 1.6, 33)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    exact = potential(centres)
+    exact = pmf(centres)
     hist, _ = np.histogram(frames["x"], bins=edges, weights=weights)
     with np.errstate(divide="ignore"):
         F = -KT * np.log(hist)
@@ -96,6 +96,62 @@ def test_tram_equals_mbar_in_equilibrium():
     mbar = mbar_weights(frames[["x"]].to_numpy(), frames["round"].to_numpy(), biases, KT)
     assert abs(tram.f_k[1] - mbar.f_k[1]) < 0.1
     assert rmse_kT(frames, tram.weights) < 0.3 and rmse_kT(frames, mbar.weights) < 0.3
+
+
+GRID = np.linspace(-1.6, 1.6, 320001)
+
+
+def boltzmann_draws(energy, basin, n, rng):
+    """``n`` independent draws from exp(-energy/kT) restricted to ``basin`` (quadrature grid)."""
+    p = np.exp(-energy(GRID) / KT) * basin(GRID)
+    step = GRID[1] - GRID[0]
+    return rng.choice(GRID, n, p=p / p.sum()) + step * (rng.random(n) - 0.5)
+
+
+def one_way_crossing(tilt, seed, walkers=32, frames_per_walker=100):
+    """Two rounds drawn from their exact biased Boltzmann distributions on the tilted double well
+    U + tilt x. Round 0 is restrained to the right well A. Round 1 lowers the barrier to 2 kT; each
+    walker starts in A and crosses once into B and stays, after the share of its frames that A
+    holds in round 1's equilibrium: every Markov state is in equilibrium, but B is joined to A by
+    one-way transitions only, so one of the two wells is outside TRAM's connected set."""
+    pmf = lambda x: potential(x) + tilt * x  # noqa: E731
+    wall = Bias(lambda x: np.where(x < 0, 40 * KT, 0.0))
+    flatten = Bias(lambda x: -0.75 * potential(x))
+    restrained, flattened = (lambda x: pmf(x) + wall.f(x)), (lambda x: pmf(x) + flatten.f(x))
+    in_a, in_b = (lambda x: x >= 0), (lambda x: x < 0)
+    p = np.exp(-flattened(GRID) / KT)
+    in_a_frames = round(frames_per_walker * p[GRID >= 0].sum() / p.sum())
+    rng = np.random.default_rng(seed)
+    round_0 = [boltzmann_draws(restrained, in_a, frames_per_walker, rng) for _ in range(walkers)]
+    round_1 = [np.concatenate([boltzmann_draws(flattened, in_a, in_a_frames, rng),
+                               boltzmann_draws(flattened, in_b, frames_per_walker - in_a_frames, rng)])
+               for _ in range(walkers)]
+    frames = pd.concat(
+        [pd.DataFrame({"round": k, "walker": w, "step": np.arange(frames_per_walker), "x": x})
+         for k, walker_x in enumerate([round_0, round_1]) for w, x in enumerate(walker_x)],
+        ignore_index=True,
+    )
+    return frames, [wall, flatten], pmf
+
+
+# 0.4-wide Markov cells, an edge at the barrier top: the well with 4 cells is the connected set,
+# the one with 3 is left outside
+@pytest.mark.parametrize("tilt, lower, upper, seed", [
+    (1.5 * KT, -1.2, 2.0, 0),  # the walkers pour into B, deeper by 2.9 kT, outside
+    (-1.0 * KT, -1.2, 2.0, 1),  # B, higher by 1.9 kT, outside
+    (1.5 * KT, -2.0, 1.2, 2),  # A outside: all of round 0 and the start of round 1
+])
+def test_tram_weighs_a_well_crossed_one_way(tilt, lower, upper, seed):
+    frames, biases, pmf = one_way_crossing(tilt, seed)
+    tram = tram_weights(frames, ["x"], biases, KT, [lower], [upper], 8)
+    boltzmann = np.exp(-pmf(GRID) / KT)
+    exact = -np.log(boltzmann[GRID < 0].sum() / boltzmann[GRID >= 0].sum())
+    left = frames["x"].to_numpy() < 0
+    estimate = -np.log(tram.weights[left].sum() / tram.weights[~left].sum())
+    # the estimate's statistical error is ~0.05 kT; a well with weight 0 gives an infinite one
+    assert estimate == pytest.approx(exact, abs=0.2)
+    assert rmse_kT(frames, tram.weights, pmf) < 0.35
+    assert tram.weights.sum() == pytest.approx(1.0)
 
 
 def test_markov_states_cover_the_grid_in_c_order():
