@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgflow.guidance.policy import Basis, data_support, fit_policy, trust
+from cgflow.guidance.policy import SUPPORT_BINS, Basis, data_free_energy_range, data_support, fit_policy, trust
 from cgflow.guidance.seeding import choose_starts, frontier_scores
 
 KT = 2.494
@@ -35,6 +35,26 @@ def test_ves_minimiser_is_the_well_tempered_bias(gamma):
     diff = (V - expected)[sampled]
     assert np.sqrt(np.mean((diff - diff.mean()) ** 2)) / KT < 0.15
     assert 0 < policy.biased_ess <= len(cv)
+
+
+def test_data_free_energy_range_sees_the_barrier_from_biased_frames():
+    """Frames of a bias that lowers the barrier, reweighted by exp(+V/kT): the free-energy spread over
+    the well-populated cells is the exact one over those cells, barrier included (the bias cap uses it)."""
+    grid = np.linspace(-2, 2, 4001)
+    bias = -0.8 * (free_energy(grid) - free_energy(grid).min())
+    p = np.exp(-(free_energy(grid) + bias) / KT)
+    rng = np.random.default_rng(1)
+    pick = rng.choice(len(grid), size=200000, p=p / p.sum())
+    cv = grid[pick][:, None]
+    weights = np.exp(bias[pick] / KT)
+    spread = data_free_energy_range(cv, weights, (-2.0,), (2.0,), 50, KT)
+    edges = np.linspace(-2, 2, SUPPORT_BINS + 1)
+    counts, _ = np.histogram(cv[:, 0], edges)
+    cell = np.digitize(grid, edges[1:-1])
+    exact = np.array([-KT * np.log(np.exp(-free_energy(grid[cell == c]) / KT).sum()) for c in np.flatnonzero(counts >= 50)])
+    assert spread / KT == pytest.approx(np.ptp(exact) / KT, abs=0.15)
+    assert np.ptp(exact) > 3 * KT  # the barrier (3 kT high) is inside the spread
+    assert data_free_energy_range(cv[:1], weights[:1], (-2.0,), (2.0,), 50, KT) == 0.0
 
 
 def test_trust_is_one_below_e0_zero_above_e1_and_smooth_between():
