@@ -140,27 +140,28 @@ def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float
 
 
 class CGSimulator:
-    """Persistent CG MD replicas: each call continues them and returns decorrelated frames (n, N, 3)
-    in double precision, whatever the MD precision."""
+    """Persistent CG MD replicas of ``forces`` (a BeadForces of the model in training): each call
+    continues them and returns decorrelated frames (n, N, 3) in double precision, whatever the MD precision."""
 
-    def __init__(self, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0, seed=0,
-                 forces=None):
+    def __init__(self, forces, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0,
+                 seed=0):
         import torch
 
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(x0), size=replicas, replace=len(x0) < replicas)
         self.x = torch.as_tensor(np.asarray(x0)[pick])
-        self.masses, self.T, self.dt, self.steps = masses, temperature, timestep, steps
-        self.report, self.friction, self.forces = report_interval, friction, forces
-        self.gen = torch.Generator(device=forces.device if forces else "cpu").manual_seed(seed)
+        self.forces, self.masses, self.T, self.dt, self.steps = forces, masses, temperature, timestep, steps
+        self.report, self.friction = report_interval, friction
+        self.gen = torch.Generator(device=forces.device).manual_seed(seed)
 
     def __call__(self, model):
+        """``model`` is the one ``forces`` wraps (the trainers' simulate(model) protocol)."""
         import torch
 
         from cgflow.sampling.cg_md import langevin_md
 
-        tr = langevin_md(self.forces or model, self.x, self.masses, self.T, self.dt, self.steps, self.friction,
-                         self.report, generator=self.gen)
+        tr = langevin_md(self.forces, self.x, self.masses, self.T, self.dt, self.steps, self.friction, self.report,
+                         generator=self.gen)
         self.x = tr.positions[-1]
         return tr.positions.reshape(-1, *tr.positions.shape[2:]).to(torch.float64)
 
@@ -187,9 +188,9 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
         done.append(ForceMatching(model, x, f, batch_size=fm["batch_size"], lr=fm["lr"], max_epochs=fm["epochs"],
                                   patience=fm["patience"], checkpoint=ckpt("fm"), seed=seed).fit())
     sim_cfg, md = cfg["re"], cfg["md"]
-    simulate = CGSimulator(x, data["masses"], data["temperature"], md["timestep"], sim_cfg["sim_steps"],
-                           sim_cfg["replicas"], sim_cfg["report_interval"], md["friction"], seed,
-                           forces=BeadForces(model, md["precision"], md["compile"], md["device"]))
+    simulate = CGSimulator(BeadForces(model, md["precision"], md["compile"], md["device"]), x, data["masses"],
+                           data["temperature"], md["timestep"], sim_cfg["sim_steps"], sim_cfg["replicas"],
+                           sim_cfg["report_interval"], md["friction"], seed)
     if objective in ("re", "fm+re"):
         done.append(RelativeEntropy(model, x, simulate, kT, fg_weights=w, threshold=cfg["n_eff_threshold"],
                                     lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
