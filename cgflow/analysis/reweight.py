@@ -31,6 +31,7 @@ class Reweighting:
     ess: float  # Kish effective sample size of all weights
     ess_per_round: np.ndarray  # Kish ESS of each round's share of the weights
     overlap: float | None  # MBAR overlap scalar (second-largest eigenvalue gap), None for one state
+    connected: np.ndarray | None = None  # (n,) bool: inside TRAM's connected set (None: MBAR, all frames)
 
 
 def kish(w: np.ndarray) -> float:
@@ -103,8 +104,8 @@ def campaign_weights(campaign, frames, biases: list) -> Reweighting:
 
 
 def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
-    """Unbiased weights (TRAM or MBAR) of every frame of the given rounds -> parquet (round, walker, step, weight)
-    with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
+    """Unbiased weights (TRAM or MBAR) of every frame of the given rounds -> parquet (round, walker, step, weight,
+    connected: inside TRAM's connected set) with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.guidance.bias import BiasGrid
     from cgflow.io import write_parquet
@@ -112,7 +113,8 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     df, _ = read_samples(sample_paths)
     biases = [BiasGrid.load(p) if p else None for p in bias_paths]
     rw = campaign_weights(campaign, df, biases)
-    table = df[["round", "walker", "step"]].assign(weight=rw.weights)
+    connected = rw.connected if rw.connected is not None else np.ones(len(df), dtype=bool)
+    table = df[["round", "walker", "step"]].assign(weight=rw.weights, connected=connected)
     write_parquet(table, out, {
         "estimator": campaign.guidance.estimator,
         "f_k": rw.f_k.tolist(), "n_k": rw.n_k.tolist(), "ess": rw.ess,

@@ -18,6 +18,7 @@ connected frames held at TRAM's weights (``outside_log_weights``).
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 from scipy.optimize import minimize
@@ -74,18 +75,57 @@ def outside_log_weights(log_w, connected, u, rounds, n_states: int) -> np.ndarra
     return -terms(fit.x)[0][:, 0]
 
 
+CHUNK = 1000
+"""TRAM iterations between convergence checks (and progress lines)."""
+
+
+def _converge(TRAM, dataset, maxiter: int, maxerr: float, tolerance_kT: float):
+    """deeptime's TRAM iterated in chunks of CHUNK, each warm-started from the last, until the
+    per-iteration free-energy increment is below ``maxerr`` or the round free energies f_k are
+    within ``tolerance_kT`` of their limit. That limit is extrapolated from the geometric decay of
+    the f_k change per chunk: a basin joined to the rest by a few transitions makes TRAM's
+    fixed-point iteration converge linearly and slowly, and a small increment alone then stops
+    it far from the solution (an increment of 3e-5 kT at a decay of 1e-4 per iteration is
+    0.3 kT away). Raises when ``maxiter`` iterations do not get there."""
+    from threadpoolctl import threadpool_limits
+
+    estimator = TRAM(lagtime=1, maxiter=CHUNK, maxerr=maxerr, callback_interval=50)
+    model, previous, change, remaining = None, None, np.inf, np.inf
+    # one OpenMP thread: deeptime's threads on a pinned or shared core are many times slower
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TRAM did not converge")
+        for done in range(CHUNK, maxiter + CHUNK, CHUNK):
+            model = estimator.fit_fetch(dataset, model=model)
+            f_k = np.asarray(model.therm_state_energies, dtype=float)
+            if not np.isfinite(f_k).all():
+                break
+            increment = estimator.energy_increments[-1] if estimator.energy_increments else np.inf
+            if previous is not None:
+                last, change = change, float(np.max(np.abs(f_k - previous)))
+                ratio = change / last if last > 0 else 0.0
+                remaining = change * ratio / (1 - ratio) if ratio < 1 else np.inf
+            if increment <= maxerr or remaining <= tolerance_kT:
+                return model
+            if done % (10 * CHUNK) == 0:
+                log.info("TRAM: %d iterations, f_k moved %.2g kT in the last %d, about %.2g kT from the limit",
+                         done, change, CHUNK, remaining)
+            previous = f_k
+    raise RuntimeError(f"TRAM did not converge in {maxiter} iterations (f_k still moving {change:.2e} kT per "
+                       f"{CHUNK}, about {remaining:.2g} kT from the limit); the rounds may not be connected - "
+                       f"check the per-round ESS")
+
+
 def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: int,
-                 maxiter: int = 50000, maxerr: float = 1e-7) -> Reweighting:
+                 maxiter: int = 100000, maxerr: float = 1e-9, tolerance_kT: float = 1e-3) -> Reweighting:
     """TRAM weights of ``frames`` (columns round, walker, step and the CVs; any order).
 
     ``biases[k]`` is the bias (callable on CV values, kJ/mol, or None) round k sampled. Each
     walker's frames of one round form a trajectory in round k's thermodynamic state; the lag
     is one saved frame. Frames outside TRAM's largest connected set get their MBAR weight
     (``outside_log_weights``); with none outside the weights are TRAM's alone. Raises when
-    the self-consistent iteration does not converge.
+    the self-consistent iteration does not converge (``_converge``).
     """
     from deeptime.markov import TransitionCountEstimator
-    from threadpoolctl import threadpool_limits
     from deeptime.markov.msm import TRAM, TRAMDataset
 
     order = np.lexsort((frames["step"].to_numpy(), frames["walker"].to_numpy(), frames["round"].to_numpy()))
@@ -109,14 +149,7 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     keep = TransitionCountEstimator(lagtime=1, count_mode="sliding").fit_fetch(dtrajs).submodel_largest(
         directed=True).state_symbols
     dataset = make([np.where(np.isin(d, keep), d, -1).astype(np.int32) for d in dtrajs])
-    estimator = TRAM(lagtime=1, maxiter=maxiter, maxerr=maxerr, callback_interval=50)
-    # one OpenMP thread: deeptime's threads on a pinned or shared core are many times slower
-    with threadpool_limits(limits=1):
-        model = estimator.fit_fetch(dataset)
-    increment = estimator.energy_increments[-1] if estimator.energy_increments else np.inf
-    if not np.isfinite(model.therm_state_energies).all() or increment > 10 * maxerr:
-        raise RuntimeError(f"TRAM did not converge in {maxiter} iterations (last free-energy change "
-                           f"{increment:.2e} kT); the rounds may not be connected - check the per-round ESS")
+    model = _converge(TRAM, dataset, maxiter, maxerr, tolerance_kT)
     log_w = np.concatenate(model.compute_sample_weights_log(dataset.dtrajs, dataset.bias_matrices))
     connected = np.concatenate(dataset.dtrajs) >= 0
     if not connected.all():
@@ -128,7 +161,9 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     f_k = np.asarray(model.therm_state_energies, dtype=float)
     n_k = np.array([np.sum(rounds == k) for k in range(n_states)])
     ess_round = np.array([kish(w_sorted[rounds == k]) for k in range(n_states)])
-    result = Reweighting(weights, f_k - f_k[0], n_k, kish(weights), ess_round, None)
+    inside = np.empty_like(connected)
+    inside[order] = connected
+    result = Reweighting(weights, f_k - f_k[0], n_k, kish(weights), ess_round, None, inside)
     log.info("TRAM over %d rounds, %d Markov states: f_k = %s kT, ESS %.0f of %d frames", n_states, len(used),
              np.round(result.f_k, 3), result.ess, len(weights))
     if not connected.all():

@@ -24,10 +24,24 @@ def ensemble_at(model, grid, kT: float, points: np.ndarray) -> tuple[np.ndarray,
     return F.mean(axis=0), F.std(axis=0)
 
 
-def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list[Path], weights_path: Path,
-                out_bias: Path, out_starts: Path, out_json: Path) -> None:
+def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
+    """All rounds' frames with the weights the CG model and the bias learn from
+    (``policy.optimistic_weights``; the ``connected`` column is absent from MBAR-era files)."""
     from cgflow.analysis.campaign import cv_domain, read_samples
     from cgflow.analysis.reweight import attach_weights
+    from cgflow.guidance.policy import optimistic_weights
+
+    df = attach_weights(read_samples(sample_paths)[0], weights_path)
+    if "connected" in df:
+        lower, upper, _ = cv_domain(campaign)
+        df["weight"] = optimistic_weights(df[list(campaign.system.cv_names)].to_numpy(), df["weight"].to_numpy(),
+                                          df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames)
+    return df
+
+
+def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list[Path], weights_path: Path,
+                out_bias: Path, out_starts: Path, out_json: Path) -> None:
+    from cgflow.analysis.campaign import cv_domain
     from cgflow.models.cv_energy import load
     from cgflow.training.campaign import model_grid
 
@@ -38,7 +52,7 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     grid = model_grid(campaign)
     lower, upper, periodic = cv_domain(campaign)
 
-    df = attach_weights(read_samples(sample_paths)[0], weights_path)
+    df = learning_frames(campaign, sample_paths, weights_path)
     cv = df[names].to_numpy()
     F_grid, eps_grid = ensemble_at(model, grid, kT, grid.points)
     F_grid -= F_grid.min()

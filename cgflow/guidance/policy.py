@@ -79,6 +79,37 @@ def data_free_energy_range(cv: np.ndarray, weights: np.ndarray, lower, upper, mi
     return float(np.ptp(-kT * np.log(mass[held]))) if held.sum() > 1 else 0.0
 
 
+def optimistic_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray, lower, upper,
+                       min_frames: int) -> np.ndarray:
+    """The weights the CG model and the bias learn from: the unbiased ones, except that frames
+    outside TRAM's connected set (a basin entered and never left) weigh at least as if the
+    basin's deepest cell were as deep as the deepest connected one.
+
+    Those frames' MBAR weight counts the rounds that could have entered the basin but did not
+    against it, so it is far too small; the CG ensemble then disagrees there, the bias stays
+    off, nothing lifts the walkers out and the basin stays cut off. Optimism fills the basin in
+    the next round so the walkers come back, which connects it and gives TRAM its true depth;
+    the final FES always uses the unbiased weights. Only cells of at least ``min_frames``
+    outside frames (SUPPORT_BINS per CV) set the level: a few stray frames do not."""
+    connected = np.asarray(connected, dtype=bool)
+    if connected.all() or not connected.any():
+        return weights
+    edges = [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+    cv = np.atleast_2d(cv)
+    mass_in, _ = np.histogramdd(cv[connected], bins=edges, weights=weights[connected])
+    mass_out, _ = np.histogramdd(cv[~connected], bins=edges, weights=weights[~connected])
+    count_out, _ = np.histogramdd(cv[~connected], bins=edges)
+    held = (count_out >= min_frames) & (mass_out > 0)
+    if not held.any():
+        return weights
+    factor = max(1.0, float(mass_in.max() / mass_out[held].max()))
+    out = np.where(connected, weights, weights * factor)
+    if factor > 1:
+        log.info("frames outside TRAM's connected set weighted up %.3g-fold for guidance (%.3g -> %.3g of the "
+                 "weight)", factor, weights[~connected].sum() / weights.sum(), out[~connected].sum() / out.sum())
+    return out / out.sum()
+
+
 @dataclass(frozen=True)
 class Basis:
     """Tensor-product basis on the CV domain, without the constant (Omega ignores constants)."""

@@ -3,7 +3,8 @@
 A fraction of the walkers restarts from recent frames (the latest round) where the CG
 ensemble disagrees most and the FG data are thinnest, so new trajectories begin at the
 frontier of what is known (Reinforced Dynamics' exploration); the others continue from
-their own last frame, so no trajectory is thrown away.
+their own last frame. The walkers restarted are those whose last frame scores lowest: a
+walker that has just reached new ground is never the one taken from it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def choose_starts(last_frames: np.ndarray, scores: np.ndarray, n_walkers: int, f
     """Pick start frames for ``n_walkers`` walkers.
 
     ``last_frames[w]`` is the index of walker w's own last frame; ``scores`` covers all candidate
-    frames. Returns (frame index per walker, whether the walker was re-seeded). Re-seeded
-    walkers are drawn without replacement with probability ~ score^4 (the top of the frontier).
+    frames. Returns (frame index per walker, whether the walker was re-seeded). The new starts
+    are drawn without replacement with probability ~ score^4 (the top of the frontier); they
+    replace the walkers whose own last frames score lowest (ties broken at random).
     """
     n_seed = int(round(fraction * n_walkers))
     frames = np.asarray(last_frames).copy()
@@ -33,7 +35,8 @@ def choose_starts(last_frames: np.ndarray, scores: np.ndarray, n_walkers: int, f
         return frames, seeded
     p = np.asarray(scores, dtype=float) ** 4 + 1e-12
     picks = rng.choice(len(p), size=min(n_seed, len(p)), replace=False, p=p / p.sum())
-    who = rng.choice(n_walkers, size=len(picks), replace=False)
+    own = np.asarray(scores, dtype=float)[frames]
+    who = np.lexsort((rng.permutation(n_walkers), own))[:len(picks)]
     frames[who] = picks
     seeded[who] = True
     return frames, seeded

@@ -26,8 +26,8 @@ def train_round(campaign, round_index: int, sample_paths: list[Path], weights_pa
                 out_model: Path, out_history: Path) -> None:
     import torch
 
-    from cgflow.analysis.campaign import cv_domain, read_samples
-    from cgflow.analysis.reweight import attach_weights
+    from cgflow.analysis.campaign import cv_domain
+    from cgflow.guidance.campaign import learning_frames
     from cgflow.models.cv_energy import CVEnergyEnsemble, save
     from cgflow.training.max_likelihood import fit
 
@@ -35,7 +35,7 @@ def train_round(campaign, round_index: int, sample_paths: list[Path], weights_pa
     torch.set_num_threads(1)
     g = campaign.guidance
     names = list(campaign.system.cv_names)
-    df = attach_weights(read_samples(sample_paths)[0], weights_path)
+    df = learning_frames(campaign, sample_paths, weights_path)
     lower, upper, periodic = cv_domain(campaign)
     seed = int(np.random.SeedSequence([campaign.seed, round_index, 7]).generate_state(1)[0])
     model = CVEnergyEnsemble(lower, upper, periodic, hidden=g.hidden, members=g.ensemble, seed=seed)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgflow.guidance.policy import SUPPORT_BINS, Basis, data_free_energy_range, data_support, fit_policy, trust
+from cgflow.guidance.policy import (SUPPORT_BINS, Basis, data_free_energy_range, data_support, fit_policy,
+                                    optimistic_weights, trust)
 from cgflow.guidance.seeding import choose_starts, frontier_scores
 
 KT = 2.494
@@ -57,6 +58,40 @@ def test_data_free_energy_range_sees_the_barrier_from_biased_frames():
     assert data_free_energy_range(cv[:1], weights[:1], (-2.0,), (2.0,), 50, KT) == 0.0
 
 
+def test_optimism_lifts_a_basin_cut_off_from_tram_to_the_deepest_level_keeping_its_shape():
+    """Exact Boltzmann frames of both wells of F; the shallow well (x > 0) is outside the connected
+    set with its weight cut 1000-fold, as MBAR's equations cut a basin entered and never left.
+    Optimism raises it so that its deepest cell is as deep as the other well's deepest (never
+    less than the unbiased weight) and keeps F's shape within it; stray frames set no level."""
+    grid = np.linspace(-2, 2, 4001)
+    p = np.exp(-free_energy(grid) / KT)
+    rng = np.random.default_rng(2)
+    cv = rng.choice(grid, size=200000, p=p / p.sum())[:, None]
+    outside = cv[:, 0] > 0
+    weights = np.where(outside, 1e-3, 1.0)
+    weights /= weights.sum()
+    lifted = optimistic_weights(cv, weights, ~outside, (-2.0,), (2.0,), 10)
+    edges = np.linspace(-2, 2, SUPPORT_BINS + 1)
+    with np.errstate(divide="ignore"):
+        F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=lifted)[0])
+    left, right = edges[1:] <= 0, edges[:-1] >= 0
+    assert F[right].min() / KT == pytest.approx(F[left].min() / KT, abs=1e-9)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    cells = right & (free_energy(centres) - free_energy(centres).min() < 5 * KT)
+    exact = -KT * np.log(np.histogram(grid, edges, weights=p)[0])
+    shape = (F - exact)[cells]
+    assert np.ptp(shape) / KT < 0.1
+    assert lifted.sum() == pytest.approx(1.0)
+    # a basin MBAR already weighs at least as much, every frame connected, or only stray frames
+    # outside (fewer than min_frames in any cell): the weights stay as they are
+    heavy = np.where(outside, 1.0, 1e-3)
+    assert np.array_equal(optimistic_weights(cv, heavy / heavy.sum(), ~outside, (-2.0,), (2.0,), 10),
+                          heavy / heavy.sum())
+    assert optimistic_weights(cv, weights, np.ones(len(cv), bool), (-2.0,), (2.0,), 10) is weights
+    stray = outside & (np.cumsum(outside) <= 5)
+    assert optimistic_weights(cv, weights, ~stray, (-2.0,), (2.0,), 10) is weights
+
+
 def test_trust_is_one_below_e0_zero_above_e1_and_smooth_between():
     eps = np.array([0.0, 1.0, 1.5, 2.75, 4.0, 9.0])
     sigma = trust(eps, 1.5, 4.0)
@@ -89,4 +124,8 @@ def test_starts_reseed_the_frontier_and_keep_the_rest():
     assert seeded.sum() == 4
     assert set(frames[seeded]) == {3, 33, 55, 71}
     assert (frames[~seeded] == last[~seeded]).all()
+    # the walkers whose last frames are at the frontier keep going; the others make room
+    scores[last[[2, 6]]] = 0.9
+    frames, seeded = choose_starts(last, scores, 8, 0.5, np.random.default_rng(0))
+    assert not seeded[[2, 6]].any() and (frames[[2, 6]] == last[[2, 6]]).all()
     assert frontier_scores(np.array([0.0, 2.0]), np.array([100, 0])).tolist() == [0.0, 1.0]
