@@ -102,8 +102,8 @@ def _converge(TRAM, dataset, maxiter: int, maxerr: float, tolerance_kT: float):
             increment = estimator.energy_increments[-1] if estimator.energy_increments else np.inf
             if previous is not None:
                 last, change = change, float(np.max(np.abs(f_k - previous)))
-                ratio = change / last if last > 0 else 0.0
-                remaining = change * ratio / (1 - ratio) if ratio < 1 else np.inf
+                ratio = change / last if np.isfinite(last) and last > 0 else 1.0
+                remaining = change * ratio / (1 - ratio) if ratio < 1 else (0.0 if change == 0 else np.inf)
             if increment <= maxerr or remaining <= tolerance_kT:
                 return model
             if done % (10 * CHUNK) == 0:
