@@ -157,3 +157,32 @@ def test_tram_weighs_a_well_crossed_one_way(tilt, lower, upper, seed):
 def test_markov_states_cover_the_grid_in_c_order():
     cv = np.array([[-1.0, -1.0], [0.99, -1.0], [-1.0, 0.99], [5.0, 5.0]])
     assert markov_states(cv, [-1, -1], [1, 1], 4).tolist() == [0, 12, 3, 15]
+
+
+class _GeometricTRAM:
+    """Stands in for deeptime's TRAM: each fit of ``maxiter`` iterations, warm-started from the
+    last model, moves f_k a factor ``rate`` per iteration closer to ``LIMIT``."""
+
+    LIMIT = np.array([0.0, 3.0, 5.0])
+
+    def __init__(self, lagtime, maxiter, maxerr, callback_interval, rate=0.9995):
+        self.maxiter, self.rate, self.iterations, self.energy_increments = maxiter, rate, 0, []
+
+    def fit_fetch(self, dataset, model=None):
+        self.iterations += self.maxiter
+        gap = np.array([0.0, -2.0, 1.5]) * self.rate**self.iterations
+        self.energy_increments.append(float(np.max(np.abs(gap))) * (1 - self.rate))
+        return type("Model", (), {"therm_state_energies": self.LIMIT + gap})()
+
+
+def test_tram_stops_at_the_extrapolated_limit_not_at_a_small_increment():
+    """A slow linear convergence (1 - 5e-4 per iteration): the increment is tiny long before f_k
+    is close, so the stop comes from the geometric extrapolation of the f_k change per chunk;
+    it is within the tolerance of the limit, and too few iterations raise."""
+    from cgflow.analysis.tram import _converge
+
+    model = _converge(_GeometricTRAM, None, maxiter=100000, maxerr=1e-9, tolerance_kT=1e-3)
+    assert np.max(np.abs(model.therm_state_energies - _GeometricTRAM.LIMIT)) < 2e-3
+    assert np.max(np.abs(model.therm_state_energies - _GeometricTRAM.LIMIT)) > 1e-5  # it did not overshoot the work
+    with pytest.raises(RuntimeError, match="did not converge"):
+        _converge(_GeometricTRAM, None, maxiter=5000, maxerr=1e-9, tolerance_kT=1e-3)
