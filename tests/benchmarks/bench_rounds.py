@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = {
     # Müller-Brown along x: short rounds (2000 steps = 4 ps), so round 0 alone does not reach
     # the target and the bias is updated often; scored every 32k FG steps (half a round) for
-    # every method. 5000-step rounds needed 520k FG steps, these 128k (unbiased 224k,
-    # metadynamics 416k; 2026-12-01)
+    # every method. 5000-step rounds needed 520k FG steps, these 192k (unbiased 224k,
+    # metadynamics 416k; 2026-12-02)
     "mb": {
         "campaign": "bench-mb", "seed": 1,
         "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
@@ -45,7 +45,7 @@ SYSTEMS = {
     # the 2-D double well (10 kT barrier along x). Many short rounds: the frontier of what the
     # CG model knows moves by a few kT per round whatever the round's length, so a round need
     # only be long enough to relax in its bias (2500 steps = 5 ps); 40000-step rounds needed
-    # 2.88M FG steps to the target, these 0.44M (metadynamics 0.20M, unbiased never; 2026-12-01). The
+    # 2.88M FG steps to the target, these 0.28M (metadynamics 0.20M, unbiased never; 2026-12-02). The
     # curves are scored every 40k FG steps (half a round), for every method alike.
     "dw2d": {
         "campaign": "bench-dw2d", "seed": 2,
