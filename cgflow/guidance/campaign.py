@@ -26,7 +26,8 @@ def ensemble_at(model, grid, kT: float, points: np.ndarray) -> tuple[np.ndarray,
 
 def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
     """All rounds' frames with the weights the CG model and the bias learn from
-    (``policy.optimistic_weights``; the ``connected`` column is absent from MBAR-era files)."""
+    (``policy.optimistic_weights``; weights files written before the ``connected`` column existed
+    are used as they are)."""
     from cgflow.analysis.campaign import cv_domain, read_samples
     from cgflow.analysis.reweight import attach_weights
     from cgflow.guidance.policy import optimistic_weights

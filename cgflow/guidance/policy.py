@@ -37,6 +37,11 @@ def trust(eps: np.ndarray, e0: float, e1: float) -> np.ndarray:
 SUPPORT_BINS = 32
 
 
+def _support_edges(lower, upper) -> list[np.ndarray]:
+    """Cell edges of the SUPPORT_BINS-per-CV grid that frame counts are taken on."""
+    return [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+
+
 def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
     """A smooth [0, 1] map of where FG frames exist: per cell of a SUPPORT_BINS-per-CV grid,
     1 from ``min_frames`` frames up, a cosine down to 0 at none; linear between cell centres.
@@ -47,7 +52,7 @@ def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
     """
     from scipy.interpolate import RegularGridInterpolator
 
-    edges = [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+    edges = _support_edges(lower, upper)
     counts, _ = np.histogramdd(np.atleast_2d(cv), bins=edges)
     values = trust(min_frames - counts, 0.0, float(min_frames))
     axes = [0.5 * (e[1:] + e[:-1]) for e in edges]
@@ -71,7 +76,7 @@ def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
 def data_free_energy_range(cv: np.ndarray, weights: np.ndarray, lower, upper, min_frames: int, kT: float) -> float:
     """Spread (kJ/mol) of the reweighted FG free energy over the SUPPORT_BINS cells holding at least
     ``min_frames`` frames: how high the data, not the CG model, say the visited barriers are."""
-    edges = [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+    edges = _support_edges(lower, upper)
     cv = np.atleast_2d(cv)
     counts, _ = np.histogramdd(cv, bins=edges)
     mass, _ = np.histogramdd(cv, bins=edges, weights=weights)
@@ -94,7 +99,7 @@ def optimistic_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarra
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
-    edges = [np.linspace(lo, hi, SUPPORT_BINS + 1) for lo, hi in zip(lower, upper)]
+    edges = _support_edges(lower, upper)
     cv = np.atleast_2d(cv)
     mass_in, _ = np.histogramdd(cv[connected], bins=edges, weights=weights[connected])
     mass_out, _ = np.histogramdd(cv[~connected], bins=edges, weights=weights[~connected])
