@@ -227,6 +227,7 @@ class GuidanceConfig:
     e1: float
     estimator: str
     markov_bins: int
+    markov_lag: float
     min_frames: int
     seed_fraction: float
     initial_bias: str | None = None

@@ -91,15 +91,19 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
 
 def campaign_weights(campaign, frames, biases: list) -> Reweighting:
     """Unbiased weights of ``frames`` (round 0..K-1, walker, step, CVs) by the campaign's
-    estimator (guidance.estimator); ``biases[k]`` is what round k sampled under, or None."""
+    estimator (guidance.estimator); ``biases[k]`` is what round k sampled under, or None. One round
+    alone is one thermodynamic state, where both estimators are its frames reweighted by exp(+V/kT):
+    MBAR then, since TRAM would need transitions a part-round may be too short for."""
     names = list(campaign.system.cv_names)
     g, kT = campaign.guidance, campaign.sampling.kT
-    if g.estimator == "tram":
+    if g.estimator == "tram" and len(biases) > 1:
         from cgflow.analysis.campaign import cv_domain
         from cgflow.analysis.tram import tram_weights
 
         lower, upper, _ = cv_domain(campaign)
-        return tram_weights(frames, names, biases, kT, lower, upper, g.markov_bins)
+        frame_ps = campaign.sampling.report_interval * campaign.sampling.timestep
+        lag = max(1, round(g.markov_lag / frame_ps))
+        return tram_weights(frames, names, biases, kT, lower, upper, g.markov_bins, lagtime=lag)
     return mbar_weights(frames[names].to_numpy(), frames["round"].to_numpy(), biases, kT)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.guidance.bias import BiasGrid
-from cgflow.guidance.policy import Basis, data_free_energy_range, data_support, fit_policy, trust
+from cgflow.guidance.policy import Basis, data_free_energy_range, data_support, fill, fit_policy, trust
 from cgflow.io import write_json
 
 log = logging.getLogger(__name__)
@@ -26,17 +26,17 @@ def ensemble_at(model, grid, kT: float, points: np.ndarray) -> tuple[np.ndarray,
 
 def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
     """All rounds' frames with the weights the CG model and the bias learn from
-    (``policy.optimistic_weights``; weights files written before the ``connected`` column existed
+    (``policy.levelled_weights``; weights files written before the ``connected`` column existed
     are used as they are)."""
     from cgflow.analysis.campaign import cv_domain, read_samples
     from cgflow.analysis.reweight import attach_weights
-    from cgflow.guidance.policy import optimistic_weights
+    from cgflow.guidance.policy import levelled_weights
 
     df = attach_weights(read_samples(sample_paths)[0], weights_path)
     if "connected" in df:
         lower, upper, _ = cv_domain(campaign)
-        df["weight"] = optimistic_weights(df[list(campaign.system.cv_names)].to_numpy(), df["weight"].to_numpy(),
-                                          df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames)
+        df["weight"] = levelled_weights(df[list(campaign.system.cv_names)].to_numpy(), df["weight"].to_numpy(),
+                                        df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames)
     return df
 
 
@@ -74,17 +74,16 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     V = basis(points) @ policy.coefficients
     _, eps_b = ensemble_at(model, grid, kT, points)
     sigma = trust(eps_b, g.e0, g.e1) * support(points)
-    # zero at the edge of the trusted region, never negative beyond it, and never more than the
-    # well-tempered fill (1 - 1/gamma) of the free-energy range over the trusted region: a basis
-    # function poorly pinned by the data cannot blow up where the trust fades. The range is the
-    # larger of the CG model's and the reweighted data's: a smooth model trained on few barrier
-    # frames flattens the barriers, and a cap from it alone would leave them too high to cross
+    # the cap: the well-tempered fill (1 - 1/gamma) of the free-energy range over the trusted
+    # region (policy.fill). The range is the larger of the CG model's and the reweighted data's:
+    # a smooth model trained on few barrier frames flattens the barriers, and a cap from it alone
+    # would leave them too high to cross
     trusted = trust_grid >= 0.5
     if (sigma >= 0.5).any() and trusted.any():
         spread = max(float(np.ptp(F_grid[trusted])),
                      data_free_energy_range(cv, df["weight"].to_numpy(), lower, upper, g.min_frames, kT))
         cap = (1 - 1 / g.gamma) * spread
-        applied = sigma * np.clip(V - V[sigma >= 0.5].min(), 0.0, cap)
+        applied = fill(V, sigma, cap)
     else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "
                     "unbiased (more frames per round, or a lower guidance.min_frames)", round_index)

@@ -13,9 +13,10 @@ with the trust weight sigma(eps(s)) (1 below e0, cosine to 0 at e1, eps the ense
 disagreement): the bias is learnt only where the CG model is trusted, and there its minimiser
 is V = -F - kT ln p_target + c. Omega is convex in a, so L-BFGS finds the minimum.
 
-The applied bias is sigma(eps) (V - min V), with the minimum over the trusted region: it is
-zero at the frontier of what the model knows and fills the known basins, so walkers are
-pushed toward the frontier and then explore freely beyond it.
+The applied bias is sigma(eps) clip(V - max V + cap, 0, cap), the maximum over the trusted
+region and cap = (1 - 1/gamma) times its free-energy range: it fills the known basins from their
+bottoms, is zero toward the frontier of what the model knows, and so pushes walkers there to
+explore freely beyond it.
 """
 
 from __future__ import annotations
@@ -84,18 +85,22 @@ def data_free_energy_range(cv: np.ndarray, weights: np.ndarray, lower, upper, mi
     return float(np.ptp(-kT * np.log(mass[held]))) if held.sum() > 1 else 0.0
 
 
-def optimistic_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray, lower, upper,
-                       min_frames: int) -> np.ndarray:
+def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray, lower, upper,
+                     min_frames: int) -> np.ndarray:
     """The weights the CG model and the bias learn from: the unbiased ones, except that frames
-    outside TRAM's connected set (a basin entered and never left) weigh at least as if the
-    basin's deepest cell were as deep as the deepest connected one.
+    outside TRAM's connected set (a basin crossed into or out of one way only) are scaled so that
+    their deepest cell is as deep as the deepest connected one.
 
-    Those frames' MBAR weight counts the rounds that could have entered the basin but did not
-    against it, so it is far too small; the CG ensemble then disagrees there, the bias stays
-    off, nothing lifts the walkers out and the basin stays cut off. Optimism fills the basin in
-    the next round so the walkers come back, which connects it and gives TRAM its true depth;
-    the final FES always uses the unbiased weights. Only cells of at least ``min_frames``
-    outside frames (SUPPORT_BINS per CV) set the level: a few stray frames do not."""
+    No transition links the two sides, so their relative depth comes from MBAR's equilibrium
+    assumption alone, and that is wrong in the direction of the crossing: the rounds that could
+    have entered the new basin but did not count against it (on alanine's alpha_L: 0.07 % of the
+    weight against an exact 3 %), or the old basin keeps the weight of the rounds spent in it
+    (the 2-D double well after a crossing: 99.9 % of the weight in the basin left behind). The
+    CG model then puts the suppressed side many kT up, the bias leaves it unfilled, and the
+    walkers are trapped on one side. Level, the bias fills both, the walkers cross back, which
+    connects the two and gives TRAM the true depth; the final FES always uses the unbiased
+    weights. Only cells of at least ``min_frames`` outside frames (SUPPORT_BINS per CV) set the
+    level: a few stray frames do not."""
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
@@ -105,14 +110,26 @@ def optimistic_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarra
     mass_out, _ = np.histogramdd(cv[~connected], bins=edges, weights=weights[~connected])
     count_out, _ = np.histogramdd(cv[~connected], bins=edges)
     held = (count_out >= min_frames) & (mass_out > 0)
-    if not held.any():
+    if not held.any() or mass_in.max() <= 0:
         return weights
-    factor = max(1.0, float(mass_in.max() / mass_out[held].max()))
+    factor = float(mass_in.max() / mass_out[held].max())
     out = np.where(connected, weights, weights * factor)
-    if factor > 1:
-        log.info("frames outside TRAM's connected set weighted up %.3g-fold for guidance (%.3g -> %.3g of the "
-                 "weight)", factor, weights[~connected].sum() / weights.sum(), out[~connected].sum() / out.sum())
+    log.info("frames outside TRAM's connected set weighted %.3g-fold for guidance (%.3g -> %.3g of the weight)",
+             factor, weights[~connected].sum() / weights.sum(), out[~connected].sum() / out.sum())
     return out / out.sum()
+
+
+def fill(V: np.ndarray, sigma: np.ndarray, cap: float) -> np.ndarray:
+    """The bias OpenMM applies, from the policy's V on the bias grid and the trust sigma there:
+    sigma * clip(V - max V + cap, 0, cap), the maximum over the trusted points (sigma >= 0.5).
+
+    Counted down from V's top in the deepest basin, where the most frames pin it, so the basins
+    and barriers get their well-tempered fill; the clip at zero takes only the periphery, toward
+    the frontier, where a basis function the data pin poorly could dip or blow up. Counted up
+    from V's minimum instead, such an edge dip clipped the fill off the basin bottoms: 6-7 kT
+    barriers left on the 2-D double well where (1/gamma) 10 kT = 1.25 kT was due."""
+    on = sigma >= 0.5
+    return sigma * np.clip(V - (V[on].max() - cap), 0.0, cap)
 
 
 @dataclass(frozen=True)

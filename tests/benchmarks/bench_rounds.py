@@ -36,22 +36,24 @@ SYSTEMS = {
         "campaign": "bench-mb", "seed": 1,
         "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
         "sampling": {"walkers": 32, "steps": 2000, "report_interval": 50},
-        # MBAR, not TRAM: x alone is not Markovian here (basins A and C overlap in x at other y),
-        # so TRAM's local equilibrium within x-cells fails - converged, it ends 0.82 kT off
-        # where MBAR on the same frames is 0.36 kT; with 4 kT barriers each round equilibrates
+        # MBAR, not TRAM: with 2 kT barriers along x every round equilibrates, and x alone hides
+        # y (basins A and C overlap in x at other y). On one campaign's frames MBAR is 0.19 kT,
+        # TRAM 0.24 kT at its 1 ps lag (0.50 kT at a 0.1 ps lag)
         "guidance": {"rounds": 9, "train_steps": 600, "estimator": "mbar"},
         "analysis": {"bins": 50, "peers": ["unbiased", "metadynamics"], "budget_points": 2},
     },
     # the 2-D double well (10 kT barrier along x). Many short rounds: the frontier of what the
     # CG model knows moves by a few kT per round whatever the round's length, so a round need
-    # only be long enough to relax in its bias (2500 steps = 5 ps); 40000-step rounds needed
-    # 2.88M FG steps to the target, these 0.28M (metadynamics 0.20M, unbiased never; 2026-12-02). The
-    # curves are scored every 40k FG steps (half a round), for every method alike.
+    # only be long enough to relax in its bias and to give TRAM transitions at its 1 ps lag
+    # (1000 steps = 2 ps, 20 frames). Scored every 16k FG steps (half a round), for every method.
+    # 208k FG steps to the target (160k in a run whose round-0 weights came from TRAM, not MBAR:
+    # the rounds are chaotic in such details), 2500-step rounds 360k; metadynamics 144k,
+    # unbiased never (2026-12-02)
     "dw2d": {
         "campaign": "bench-dw2d", "seed": 2,
         "system": {"type": "toy", "potential": "double_well_2d"},
-        "sampling": {"walkers": 32, "steps": 2500, "report_interval": 50},
-        "guidance": {"rounds": 12, "train_steps": 600},
+        "sampling": {"walkers": 32, "steps": 1000, "report_interval": 50},
+        "guidance": {"rounds": 16, "train_steps": 600},
         "analysis": {"bins": 40, "peers": ["unbiased", "metadynamics"], "budget_points": 2},
     },
     # alanine dipeptide in vacuum, (phi, psi), against the shipped long-metadynamics reference.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgflow.guidance.policy import (SUPPORT_BINS, Basis, data_free_energy_range, data_support, fit_policy,
-                                    optimistic_weights, trust)
+from cgflow.guidance.policy import (SUPPORT_BINS, Basis, data_free_energy_range, data_support, fill, fit_policy,
+                                    levelled_weights, trust)
 from cgflow.guidance.seeding import choose_starts, frontier_scores
 
 KT = 2.494
@@ -58,22 +58,23 @@ def test_data_free_energy_range_sees_the_barrier_from_biased_frames():
     assert data_free_energy_range(cv[:1], weights[:1], (-2.0,), (2.0,), 50, KT) == 0.0
 
 
-def test_optimism_lifts_a_basin_cut_off_from_tram_to_the_deepest_level_keeping_its_shape():
+@pytest.mark.parametrize("cut", [1e-3, 1e3])
+def test_levelling_puts_a_basin_cut_off_from_tram_at_the_deepest_level_keeping_its_shape(cut):
     """Exact Boltzmann frames of both wells of F; the shallow well (x > 0) is outside the connected
-    set with its weight cut 1000-fold, as MBAR's equations cut a basin entered and never left.
-    Optimism raises it so that its deepest cell is as deep as the other well's deepest (never
-    less than the unbiased weight) and keeps F's shape within it; stray frames set no level."""
+    set with its weight cut 1000-fold (a basin entered and never left, as MBAR's equations weigh
+    it) or raised 1000-fold (the basin left behind). Levelling scales it so that its deepest cell
+    is as deep as the other well's deepest and keeps F's shape within it; stray frames set no level."""
     grid = np.linspace(-2, 2, 4001)
     p = np.exp(-free_energy(grid) / KT)
     rng = np.random.default_rng(2)
     cv = rng.choice(grid, size=200000, p=p / p.sum())[:, None]
     outside = cv[:, 0] > 0
-    weights = np.where(outside, 1e-3, 1.0)
+    weights = np.where(outside, cut, 1.0)
     weights /= weights.sum()
-    lifted = optimistic_weights(cv, weights, ~outside, (-2.0,), (2.0,), 10)
+    level = levelled_weights(cv, weights, ~outside, (-2.0,), (2.0,), 10)
     edges = np.linspace(-2, 2, SUPPORT_BINS + 1)
     with np.errstate(divide="ignore"):
-        F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=lifted)[0])
+        F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=level)[0])
     left, right = edges[1:] <= 0, edges[:-1] >= 0
     assert F[right].min() / KT == pytest.approx(F[left].min() / KT, abs=1e-9)
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -81,15 +82,30 @@ def test_optimism_lifts_a_basin_cut_off_from_tram_to_the_deepest_level_keeping_i
     exact = -KT * np.log(np.histogram(grid, edges, weights=p)[0])
     shape = (F - exact)[cells]
     assert np.ptp(shape) / KT < 0.1
-    assert lifted.sum() == pytest.approx(1.0)
-    # a basin MBAR already weighs at least as much, every frame connected, or only stray frames
-    # outside (fewer than min_frames in any cell): the weights stay as they are
-    heavy = np.where(outside, 1.0, 1e-3)
-    assert np.array_equal(optimistic_weights(cv, heavy / heavy.sum(), ~outside, (-2.0,), (2.0,), 10),
-                          heavy / heavy.sum())
-    assert optimistic_weights(cv, weights, np.ones(len(cv), bool), (-2.0,), (2.0,), 10) is weights
+    assert level.sum() == pytest.approx(1.0)
+    # every frame connected, or only stray frames outside (fewer than min_frames in any cell):
+    # the weights stay as they are
+    assert levelled_weights(cv, weights, np.ones(len(cv), bool), (-2.0,), (2.0,), 10) is weights
     stray = outside & (np.cumsum(outside) <= 5)
-    assert optimistic_weights(cv, weights, ~stray, (-2.0,), (2.0,), 10) is weights
+    assert levelled_weights(cv, weights, ~stray, (-2.0,), (2.0,), 10) is weights
+
+
+@pytest.mark.parametrize("gamma", [4.0, 8.0])
+def test_the_bias_fills_basins_and_barrier_to_the_well_tempered_level_despite_an_edge_dip(gamma):
+    """V = -(1 - 1/gamma) F on a 10 kT double well, trusted for |x| < 1.4, with a 5 kT dip near the
+    trust edge (a basis function the data pin poorly): the applied bias leaves the barrier at
+    10 kT / gamma above both basins, is never negative or above the cap, and is off untrusted."""
+    x = np.linspace(-1.6, 1.6, 321)
+    F = 10 * KT * (x**2 - 1) ** 2
+    sigma = np.clip((1.4 - np.abs(x)) / 0.1, 0.0, 1.0)
+    V = -(1 - 1 / gamma) * F - 5 * KT * np.exp(-(((np.abs(x) - 1.3) / 0.05) ** 2))
+    cap = (1 - 1 / gamma) * np.ptp(F[sigma >= 0.5])
+    applied = fill(V, sigma, cap)
+    G = F + applied
+    basins = np.abs(np.abs(x) - 1.0) < 0.15
+    assert (G[np.argmin(np.abs(x))] - G[basins].min()) / KT == pytest.approx(10 / gamma, abs=0.05)
+    assert np.ptp(G[basins]) / KT < 10 / gamma * 0.2  # the basins are filled from their bottoms
+    assert applied.min() >= 0 and applied.max() <= cap + 1e-9 and np.all(applied[sigma == 0] == 0)
 
 
 def test_trust_is_one_below_e0_zero_above_e1_and_smooth_between():
