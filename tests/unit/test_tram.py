@@ -32,6 +32,15 @@ def brownian(x0, scale, steps, rng, dt=1e-4, every=50):
     return np.array(frames)
 
 
+def frame_table(rounds):
+    """Frames (round, walker, step, x) from each round's positions (n_frames, walkers)."""
+    return pd.concat(
+        [pd.DataFrame({"round": k, "walker": w, "step": np.arange(1, len(r) + 1), "x": r[:, w]})
+         for k, r in enumerate(rounds) for w in range(r.shape[1])],
+        ignore_index=True,
+    )
+
+
 class Bias:
     def __init__(self, f):
         self.f = f
@@ -46,11 +55,7 @@ def two_rounds(seed, walkers=64):
     the round ends long before the two wells equilibrate: a transient."""
     rng = np.random.default_rng(seed)
     rounds = [brownian(np.full(walkers, 1.0), 1.0, 20000, rng), brownian(np.full(walkers, 1.0), 1 / GAMMA, 20000, rng)]
-    frames = pd.concat(
-        [pd.DataFrame({"round": k, "walker": w, "step": np.arange(1, len(r) + 1), "x": r[:, w]})
-         for k, r in enumerate(rounds) for w in range(walkers)],
-        ignore_index=True,
-    )
+    frames = frame_table(rounds)
     return frames, [None, Bias(lambda x: -(1 - 1 / GAMMA) * potential(x))]
 
 
@@ -86,11 +91,7 @@ def test_tram_equals_mbar_in_equilibrium():
     # both rounds start from their own equilibrium: walkers spread over both wells
     starts = np.where(rng.random(walkers) < 0.5, -1.0, 1.0)
     rounds = [brownian(starts, 1 / GAMMA, 8000, rng), brownian(starts, 1.0, 8000, rng)]
-    frames = pd.concat(
-        [pd.DataFrame({"round": k, "walker": w, "step": np.arange(1, len(r) + 1), "x": r[:, w]})
-         for k, r in enumerate(rounds) for w in range(walkers)],
-        ignore_index=True,
-    )
+    frames = frame_table(rounds)
     biases = [Bias(lambda x: -(1 - 1 / GAMMA) * potential(x)), None]
     tram = tram_weights(frames, ["x"], biases, KT, [-1.6], [1.6], 32)
     mbar = mbar_weights(frames[["x"]].to_numpy(), frames["round"].to_numpy(), biases, KT)
@@ -156,7 +157,7 @@ def test_tram_weighs_a_well_crossed_one_way(tilt, lower, upper, seed):
 
 def langevin(x0, scale, steps, rng, dt=0.002, friction=1.0, every=50):
     """Underdamped Langevin (BAOAB, mass 1 amu, friction 1/ps, 2 fs) on scale * U, walkers starting
-    at rest-temperature velocities; frames (n_frames, walkers) every ``every`` steps (0.1 ps)."""
+    with Maxwell-Boltzmann velocities; frames (n_frames, walkers) every ``every`` steps (0.1 ps)."""
     x, v = x0.copy(), rng.standard_normal(len(x0)) * np.sqrt(KT)
     a = np.exp(-friction * dt)
     frames = []
@@ -180,11 +181,7 @@ def test_tram_needs_a_lag_past_the_velocity_memory(seed):
     rng = np.random.default_rng(seed)
     walkers = 64
     rounds = [langevin(np.full(walkers, 1.0), 1.0, 5000, rng), langevin(np.full(walkers, 1.0), 1 / GAMMA, 5000, rng)]
-    frames = pd.concat(
-        [pd.DataFrame({"round": k, "walker": w, "step": np.arange(1, len(r) + 1), "x": r[:, w]})
-         for k, r in enumerate(rounds) for w in range(walkers)],
-        ignore_index=True,
-    )
+    frames = frame_table(rounds)
     biases = [None, Bias(lambda x: -(1 - 1 / GAMMA) * potential(x))]
     assert (frames.loc[frames["round"] == 1, "x"] > 0).mean() > 0.55  # out of equilibrium
     mbar = mbar_weights(frames[["x"]].to_numpy(), frames["round"].to_numpy(), biases, KT)
@@ -206,11 +203,7 @@ def test_a_round_shorter_than_the_lag_is_weighted_by_mbar():
     walkers = 64
     starts = np.where(rng.random(walkers) < 0.5, -1.0, 1.0)
     rounds = [brownian(starts, 1 / GAMMA, 8000, rng), brownian(starts, 1.0, 250, rng)]
-    frames = pd.concat(
-        [pd.DataFrame({"round": k, "walker": w, "step": np.arange(1, len(r) + 1), "x": r[:, w]})
-         for k, r in enumerate(rounds) for w in range(walkers)],
-        ignore_index=True,
-    )
+    frames = frame_table(rounds)
     assert (frames["round"] == 1).sum() == 5 * walkers
     biases = [Bias(lambda x: -(1 - 1 / GAMMA) * potential(x)), None]
     tram = tram_weights(frames, ["x"], biases, KT, [-1.6], [1.6], 32, lagtime=10)
