@@ -169,18 +169,19 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     # the connected set of the transitions of all rounds together: the biases are functions of the
     # CVs alone, nearly constant within a cell, so rounds visiting the same cell overlap there
     # (deeptime's post_hoc_RE check assumes one trajectory per thermodynamic state)
-    long = [d for d, c in zip(dtrajs, counted) if c]
-    keep = TransitionCountEstimator(lagtime=lagtime, count_mode="sliding").fit_fetch(long).submodel_largest(
+    in_tram_dtrajs = [d for d, c in zip(dtrajs, counted) if c]
+    keep = TransitionCountEstimator(lagtime=lagtime, count_mode="sliding").fit_fetch(in_tram_dtrajs).submodel_largest(
         directed=True).state_symbols
     with warnings.catch_warnings():
         # a round whose every walker is outside (or cut short) is linked by its bias energies alone
         warnings.filterwarnings("ignore", message="No transitions for thermodynamic state")
-        dataset = make([np.where(np.isin(d, keep), d, -1).astype(np.int32) for d in long])
+        dataset = make([np.where(np.isin(d, keep), d, -1).astype(np.int32) for d in in_tram_dtrajs])
     model = _converge(TRAM, dataset, maxiter, maxerr, tolerance_kT, lagtime)
-    inner = iter(model.compute_sample_weights_log(dataset.dtrajs, dataset.bias_matrices))
-    inner_d = iter(dataset.dtrajs)
-    log_w = np.concatenate([next(inner) if c else np.full(len(d), -np.inf) for d, c in zip(dtrajs, counted)])
-    connected = np.concatenate([next(inner_d) >= 0 if c else np.zeros(len(d), bool) for d, c in zip(dtrajs, counted)])
+    in_tram = np.repeat(counted, [len(d) for d in dtrajs])
+    log_w = np.full(len(cv), -np.inf)
+    log_w[in_tram] = np.concatenate(model.compute_sample_weights_log(dataset.dtrajs, dataset.bias_matrices))
+    connected = np.zeros(len(cv), dtype=bool)
+    connected[in_tram] = np.concatenate(dataset.dtrajs) >= 0
     if not connected.all():
         log_w[~connected] = outside_log_weights(log_w, connected, u, rounds, n_states)
     w_sorted = np.exp(log_w - log_w.max())
