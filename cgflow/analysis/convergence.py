@@ -146,6 +146,18 @@ def steps_to_target(curve, target_kT: float) -> int | None:
     return int(hit["fg_steps"].iloc[0]) if len(hit) else None
 
 
+def steps_to_stay(curve, target_kT: float) -> int | None:
+    """FG steps of the first budget point from which rmse_kT stays <= target_kT to the end of the
+    budget (points without an estimate break the run); None if the last point is above it. A
+    first hit can be luck between noisy points; this is when the estimate can be trusted."""
+    curve = curve.sort_values("fg_steps")
+    ok = (curve["rmse_kT"] <= target_kT).to_numpy()
+    if not len(ok) or not ok[-1]:
+        return None
+    above = np.flatnonzero(~ok)
+    return int(curve["fg_steps"].iloc[above[-1] + 1 if len(above) else 0])
+
+
 PEER_FILES = {"unbiased": "samples.parquet", "metadynamics": "fes_snapshots.npz"}
 
 
@@ -174,8 +186,10 @@ def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, o
     for method, curve in table.groupby("method", sort=False):
         points = zip(curve["fg_steps"], curve["rmse_kT"])
         summary[method] = {"curve": [[int(b), None if math.isnan(r) else float(r)] for b, r in points],
-                           "steps_to_target": steps_to_target(curve, target)}
-        log.info("%s: %s FG steps to %.3g kT", method, summary[method]["steps_to_target"], target)
+                           "steps_to_target": steps_to_target(curve, target),
+                           "steps_to_stay": steps_to_stay(curve, target)}
+        log.info("%s: %s FG steps to %.3g kT, below it from %s on", method, summary[method]["steps_to_target"],
+                 target, summary[method]["steps_to_stay"])
     return summary
 
 

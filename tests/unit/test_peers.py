@@ -18,7 +18,7 @@ import yaml
 
 from cgflow.analysis.campaign import cv_edges
 from cgflow.analysis.convergence import (budget_schedule, cli_convergence, curve_rounds, curve_unbiased,
-                                         steps_to_target, write_convergence)
+                                         steps_to_stay, steps_to_target, write_convergence)
 from cgflow.analysis.fes import FES, compare_to_reference, histogram_fes
 from cgflow.analysis.reweight import mbar_weights
 from cgflow.config import load_config
@@ -149,6 +149,9 @@ def test_steps_to_target_is_the_first_budget_at_or_below_target():
     assert steps_to_target(curve, 0.6) == 300
     assert steps_to_target(curve, 0.3) == 500
     assert steps_to_target(curve, 0.2) is None
+    # from when it stays there: the 0.6 at 400 breaks the run of 0.5, a missing point any run
+    assert [steps_to_stay(curve, t) for t in (0.5, 0.6, 0.3, 0.2, 2.0)] == [500, 300, 500, None, 200]
+    assert steps_to_stay(curve.assign(rmse_kT=[0.6, 0.1, 0.4, 0.1, 0.3]), 0.5) == 500
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +236,7 @@ def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     for method, curve in table.groupby("method"):
         np.testing.assert_array_equal(curve.fg_steps, 32 * budget_schedule(c))
         assert summary[method]["steps_to_target"] == steps_to_target(curve, 0.5)
+        assert summary[method]["steps_to_stay"] == steps_to_stay(curve, 0.5)
         assert [b for b, _ in summary[method]["curve"]] == curve.fg_steps.tolist()
     assert summary["target_kT"] == 0.5
     assert (tmp_path / "convergence.png").read_bytes()[:4] == b"\x89PNG"
