@@ -230,6 +230,7 @@ class GuidanceConfig:
     markov_lag: float
     min_frames: int
     seed_fraction: float
+    seed_cells: int  # resolved from 'auto'
     initial_bias: str | None = None
 
 
@@ -413,6 +414,9 @@ class Campaign:
     def guidance(self) -> GuidanceConfig:
         g = dict(self.resolved["guidance"])
         g["hidden"] = tuple(g["hidden"])
+        if g["seed_cells"] == "auto":
+            n_cvs, walkers = len(self.system.cvs), self.sampling.walkers
+            g["seed_cells"] = max([1] + [n for n in range(2, 5) if 2 * n**n_cvs <= walkers])
         return GuidanceConfig(**g)
 
     @cached_property

@@ -39,6 +39,10 @@ def markov_states(cv: np.ndarray, lower, upper, bins: int) -> np.ndarray:
     return index
 
 
+GRADIENT_PER_FRAME = 1e-6
+"""Largest gradient of the outside-frames objective per frame of a round accepted as converged."""
+
+
 def outside_log_weights(log_w, connected, u, rounds, n_states: int) -> np.ndarray:
     """Log weights of the frames outside the connected set, on the scale of TRAM's ``log_w``.
 
@@ -69,9 +73,12 @@ def outside_log_weights(log_w, connected, u, rounds, n_states: int) -> np.ndarra
 
     fit = minimize(objective, np.where(np.isfinite(log_c), -log_c, 0.0), jac=True, hess=hessian,
                    method="trust-exact")
-    if not fit.success:
+    # the optimiser can stop short of its absolute gradient tolerance once rounding in a sum over
+    # ~1e5 frames dominates ("a bad approximation..."); a gradient that small against the frame
+    # counts moves no f_k by more than ~1e-6 kT
+    if not fit.success and np.max(np.abs(fit.jac) / n_k) > GRADIENT_PER_FRAME:
         raise RuntimeError(f"the free energies of the frames outside TRAM's connected set did not converge: "
-                           f"{fit.message}")
+                           f"{fit.message} (largest gradient per frame {np.max(np.abs(fit.jac) / n_k):.2g})")
     return -terms(fit.x)[0][:, 0]
 
 

@@ -1,10 +1,14 @@
 """Where the next round's walkers start.
 
-A fraction of the walkers restarts from recent frames (the latest round) where the CG
-ensemble disagrees most and the FG data are thinnest, so new trajectories begin at the
-frontier of what is known (Reinforced Dynamics' exploration); the others continue from
-their own last frame. The walkers restarted are those whose last frame scores lowest: a
-walker that has just reached new ground is never the one taken from it.
+Some walkers restart from recent frames (the latest round) where the CG ensemble disagrees
+most and the FG data are thinnest, so new trajectories begin at the frontier of what is known
+(Reinforced Dynamics' exploration); the others continue from their own last frame.
+
+Each coarse cell of the CV domain may hold its share of the walkers under the well-tempered
+target (at least one); a restart moves a walker into another cell only from a cell above its
+quota to one below. Without that quota, a basin just entered stays the frontier for rounds and
+the restarts herd every walker into it, leaving the basin they came from without walkers to
+cross back. Within a cell, restarts replace the walkers least at the frontier.
 """
 
 from __future__ import annotations
@@ -19,24 +23,53 @@ def frontier_scores(eps: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return 0.5 * (u + rarity)
 
 
-def choose_starts(last_frames: np.ndarray, scores: np.ndarray, n_walkers: int, fraction: float,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Pick start frames for ``n_walkers`` walkers.
+def cell_quotas(cells: np.ndarray, target: np.ndarray, n_cells: int, n_walkers: int) -> np.ndarray:
+    """Walkers each coarse cell may hold: ceil(n_walkers x the cell's share of ``target``), at
+    least 1. ``cells[i]`` is the coarse cell of grid point i and ``target[i]`` the unnormalised
+    target density there."""
+    mass = np.bincount(cells, weights=target, minlength=n_cells)
+    share = mass / mass.sum() if mass.sum() > 0 else np.full(n_cells, 1.0 / n_cells)
+    return np.maximum(1, np.ceil(n_walkers * share - 1e-9)).astype(int)
 
-    ``last_frames[w]`` is the index of walker w's own last frame; ``scores`` covers all candidate
-    frames. Returns (frame index per walker, whether the walker was re-seeded). The new starts
-    are drawn without replacement with probability ~ score^4 (the top of the frontier); they
-    replace the walkers whose own last frames score lowest (ties broken at random).
+
+def choose_starts(last_frames: np.ndarray, scores: np.ndarray, cells: np.ndarray, quotas: np.ndarray,
+                  fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pick start frames for the walkers.
+
+    ``last_frames[w]`` is the index of walker w's own last frame; ``scores`` and ``cells`` (coarse
+    cell) cover all candidate frames. Returns (frame index per walker, whether the walker was
+    re-seeded). Candidates are tried in a random order weighted by score^4 (the top of the
+    frontier first). While its cell is below its quota and another is above, a candidate takes
+    the walker least at the frontier from the cells above; otherwise it may only take the place
+    of a walker in its own cell that is less at the frontier. At most ``fraction`` of the
+    walkers are re-seeded.
     """
-    n_seed = int(round(fraction * n_walkers))
     frames = np.asarray(last_frames).copy()
+    n_walkers = len(frames)
     seeded = np.zeros(n_walkers, dtype=bool)
+    n_seed = int(round(fraction * n_walkers))
     if n_seed == 0:
         return frames, seeded
-    p = np.asarray(scores, dtype=float) ** 4 + 1e-12
-    picks = rng.choice(len(p), size=min(n_seed, len(p)), replace=False, p=p / p.sum())
-    own = np.asarray(scores, dtype=float)[frames]
-    who = np.lexsort((rng.permutation(n_walkers), own))[:len(picks)]
-    frames[who] = picks
-    seeded[who] = True
+    scores = np.asarray(scores, dtype=float)
+    held = np.bincount(cells[frames], minlength=len(quotas))
+    p = scores ** 4 + 1e-12
+    order = np.argsort(np.log(rng.random(len(p))) / p)[::-1]  # weighted sampling without replacement
+    tiebreak = rng.random(n_walkers)
+    for candidate in order:
+        if seeded.sum() == n_seed:
+            break
+        cell = cells[candidate]
+        where = cells[frames]
+        free = ~seeded
+        if held[cell] < quotas[cell] and (free & (held[where] > quotas[where])).any():
+            movable = np.flatnonzero(free & (held[where] > quotas[where]))
+        else:
+            movable = np.flatnonzero(free & (where == cell) & (scores[frames] < scores[candidate]))
+        if len(movable) == 0:
+            continue
+        who = movable[np.lexsort((tiebreak[movable], scores[frames[movable]]))[0]]
+        held[where[who]] -= 1
+        held[cell] += 1
+        frames[who] = candidate
+        seeded[who] = True
     return frames, seeded

@@ -216,6 +216,17 @@ def test_molecule_defaults():
     assert campaign.analysis.bins == (50, 50)
 
 
+@pytest.mark.parametrize("cv, walkers, cells", [("x", 32, 4), ("x", 64, 4), ("x", 4, 2), ("x", 2, 1),
+                                                 (["x", "y"], 32, 4), (["x", "y"], 8, 2), (["x", "y"], 6, 1)])
+def test_seed_cells_auto_leaves_two_walkers_per_cell(cv, walkers, cells):
+    config = copy.deepcopy(TOY)
+    config["system"] = {"type": "toy", "potential": "double_well_2d", "cv": cv}
+    config["sampling"] = {"walkers": walkers}
+    assert load_config(config).guidance.seed_cells == cells
+    config["guidance"] = {"seed_cells": 3}
+    assert load_config(config).guidance.seed_cells == 3
+
+
 def test_strings_from_snakemake_config_option_are_read_as_yaml():
     # `snakemake --config 'sampling={walkers: 8}'` hands nested values over as strings
     campaign = load_config(cfg(sampling={"walkers": "8", "temperature": "310.5", "pin_cpu": "false"},

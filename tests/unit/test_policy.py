@@ -8,7 +8,7 @@ import pytest
 
 from cgflow.guidance.policy import (SUPPORT_BINS, Basis, data_free_energy_range, data_support, fill, fit_policy,
                                     levelled_weights, trust)
-from cgflow.guidance.seeding import choose_starts, frontier_scores
+from cgflow.guidance.seeding import cell_quotas, choose_starts, frontier_scores
 
 KT = 2.494
 
@@ -133,15 +133,49 @@ def test_data_support_wraps_periodic_cvs():
 
 
 def test_starts_reseed_the_frontier_and_keep_the_rest():
-    last = np.arange(8) * 10 + 9  # each walker's own last frame
+    last = np.arange(8) * 10 + 9  # each walker's own last frame, all in cell 0
     scores = np.zeros(80)
-    scores[[3, 33, 55, 71]] = 1.0  # the frontier
-    frames, seeded = choose_starts(last, scores, 8, 0.5, np.random.default_rng(0))
+    scores[[3, 33, 55, 71]] = 1.0  # the frontier, in cell 1
+    cells = np.zeros(80, dtype=int)
+    cells[[3, 33, 55, 71]] = 1
+    quotas = np.array([4, 4])
+    frames, seeded = choose_starts(last, scores, cells, quotas, 0.5, np.random.default_rng(0))
     assert seeded.sum() == 4
     assert set(frames[seeded]) == {3, 33, 55, 71}
     assert (frames[~seeded] == last[~seeded]).all()
+    # within a cell at its quota, frontier frames still replace the walkers least at the frontier
+    frames, seeded = choose_starts(last, scores, np.zeros(80, dtype=int), np.array([8]), 0.5,
+                                   np.random.default_rng(0))
+    assert seeded.sum() == 4 and set(frames[seeded]) == {3, 33, 55, 71}
     # the walkers whose last frames are at the frontier keep going; the others make room
     scores[last[[2, 6]]] = 0.9
-    frames, seeded = choose_starts(last, scores, 8, 0.5, np.random.default_rng(0))
+    frames, seeded = choose_starts(last, scores, cells, quotas, 0.5, np.random.default_rng(0))
     assert not seeded[[2, 6]].any() and (frames[[2, 6]] == last[[2, 6]]).all()
     assert frontier_scores(np.array([0.0, 2.0]), np.array([100, 0])).tolist() == [0.0, 1.0]
+
+
+def test_starts_do_not_herd_walkers_into_a_new_basin():
+    """The herding that once emptied the basin left behind: a basin just entered is the
+    frontier, but restarts fill it only up to its share of the target, and never take the
+    last walkers from the other basin."""
+    rng = np.random.default_rng(1)
+    cells = np.repeat([0, 1], 100)  # frames 0-99 in the old basin, 100-199 in the new one
+    scores = np.where(cells == 1, 1.0, 0.1)
+    last = np.concatenate([np.arange(14) * 7, [150, 160]])  # 14 walkers in the old basin, 2 new
+    quotas = cell_quotas(np.array([0, 0, 1, 1]), np.array([1.0, 1.0, 0.7, 0.7]), 2, 16)
+    assert quotas.tolist() == [10, 7]
+    frames, seeded = choose_starts(last, scores, cells, quotas, 0.5, rng)
+    assert np.bincount(cells[frames], minlength=2).tolist() == [10, 6]  # 4 moved, not 8
+    assert seeded.sum() == 4 and (cells[frames[seeded]] == 1).all()
+    # once the old basin is down to its share, nothing moves out of it any more
+    frames, seeded = choose_starts(frames, scores, cells, quotas, 0.5, rng)
+    assert not seeded.any()
+    # an over-full new basin gives walkers back to the old one
+    last = np.concatenate([[5, 6], 100 + np.arange(14) * 7])
+    frames, seeded = choose_starts(last, scores, cells, quotas, 0.5, rng)
+    assert np.bincount(cells[frames], minlength=2).tolist() == [9, 7]
+
+
+def test_quotas_follow_the_target_with_one_walker_at_least():
+    q = cell_quotas(np.array([0, 1, 2, 2]), np.array([1.0, 1e-9, 1.0, 1.0]), 4, 8)
+    assert q.tolist() == [3, 1, 6, 1]
