@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = {
     # Müller-Brown along x: short rounds (2000 steps = 4 ps), so round 0 alone does not reach
     # the target and the bias is updated often; scored every 32k FG steps (half a round) for
-    # every method. 5000-step rounds needed 520k FG steps, these 192k (unbiased 224k,
-    # metadynamics 416k; 2026-12-02)
+    # every method. 5000-step rounds needed 520k FG steps, these 192-288k over seeds 1-2 (unbiased
+    # 224k; metadynamics 288k first hit, never below for good on seed 1; 2026-12-02)
     "mb": {
         "campaign": "bench-mb", "seed": 1,
         "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
@@ -48,9 +48,9 @@ SYSTEMS = {
     # CG model knows moves by a few kT per round whatever the round's length, so a round need
     # only be long enough to relax in its bias and to give TRAM transitions at its 1 ps lag
     # (1000 steps = 2 ps, 20 frames). Scored every 16k FG steps (half a round), for every method.
-    # 208k FG steps to the target (160k in a run whose round-0 weights came from TRAM, not MBAR:
-    # the rounds are chaotic in such details), 2500-step rounds 360k; metadynamics 144k,
-    # unbiased never (2026-12-02)
+    # 192k FG steps to the target and below it from there (224k before the restarts were balanced
+    # over coarse cells; the rounds are chaotic in such details), 2500-step rounds 360k;
+    # metadynamics 144k first hit, below for good from 272k; unbiased never (2026-12-02)
     "dw2d": {
         "campaign": "bench-dw2d", "seed": 2,
         "system": {"type": "toy", "potential": "double_well_2d"},
