@@ -59,7 +59,8 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     F_grid -= F_grid.min()
     _, eps_data = ensemble_at(model, grid, kT, cv)
     support = data_support(cv, lower, upper, periodic, g.min_frames)
-    trust_grid = trust(eps_grid, g.e0, g.e1) * support(grid.points)
+    support_grid = support(grid.points)
+    trust_grid = trust(eps_grid, g.e0, g.e1) * support_grid
     trust_data = trust(eps_data, g.e0, g.e1) * support(cv)
     if not trust_grid.any():
         raise RuntimeError(f"round {round_index}: the CG ensemble is trusted nowhere (eps >= guidance.e1 = "
@@ -108,9 +109,8 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     # the target the walkers are shared out by: where frames are thin the CG model is guessing,
     # so there the free energy is taken as the top of the trusted range (what the bias fills
     # up to), which leaves room for walkers at the frontier
-    s_grid = support(grid.points)
     F_top = float(F_grid[trusted].max()) if trusted.any() else float(F_grid.max())
-    target = np.exp(-(s_grid * F_grid + (1 - s_grid) * F_top) / (g.gamma * kT))
+    target = np.exp(-(support_grid * F_grid + (1 - support_grid) * F_top) / (g.gamma * kT))
     starts, seeded = _write_starts(campaign, round_index, df, model, grid, target, out_starts,
                                    Path(sample_paths[-1]).parent)
     result = {
@@ -134,29 +134,28 @@ def _write_starts(campaign, round_index, df, model, grid, target, out_starts, ro
     """Start positions of round k+1's walkers from round k's frames (see guidance.seeding);
     ``target`` is the well-tempered target density on the model grid's points."""
     from cgflow.analysis.campaign import cv_domain
+    from cgflow.analysis.tram import markov_states
     from cgflow.guidance.seeding import cell_quotas, choose_starts, frontier_scores
     from cgflow.io import atomic_path
 
     names = list(campaign.system.cv_names)
     g = campaign.guidance
     latest = df[df["round"] == round_index].reset_index(drop=True)
-    cv = latest[names].to_numpy()
+    cv, all_cv = latest[names].to_numpy(), df[names].to_numpy()
     _, eps = ensemble_at(model, grid, campaign.sampling.kT, cv)
     lower, upper, _ = cv_domain(campaign)
-    counts, _ = np.histogramdd(df[names].to_numpy(), bins=_edges(lower, upper, grid.shape))
-    scores = frontier_scores(eps, counts[_cell_index(cv, lower, upper, grid.shape)])
+    cells = lambda points, n: markov_states(points, lower, upper, n)  # noqa: E731
+    counts = np.bincount(cells(all_cv, g.model_grid), minlength=g.model_grid ** len(names))
+    scores = frontier_scores(eps, counts[cells(cv, g.model_grid)])
 
-    coarse = (g.seed_cells,) * len(names)
-    n_cells = int(np.prod(coarse))
-    frame_cells = np.ravel_multi_index(_cell_index(cv, lower, upper, coarse), coarse)
-    point_cells = np.ravel_multi_index(_cell_index(grid.points, lower, upper, coarse), coarse)
+    n_cells = g.seed_cells ** len(names)
+    visited = np.bincount(cells(all_cv, g.seed_cells), minlength=n_cells) > 0
+    point_cells = cells(grid.points, g.seed_cells)
     n_walkers = campaign.sampling.walkers
-    visited = np.bincount(np.ravel_multi_index(_cell_index(df[names].to_numpy(), lower, upper, coarse), coarse),
-                          minlength=n_cells) > 0
     quotas = cell_quotas(point_cells, target * visited[point_cells], n_cells, n_walkers)
     last = latest.groupby("walker")["step"].idxmax().reindex(range(n_walkers)).to_numpy()
     rng = np.random.default_rng([campaign.seed, round_index, 11])
-    frames, seeded = choose_starts(last, scores, frame_cells, quotas, g.seed_fraction, rng)
+    frames, seeded = choose_starts(last, scores, cells(cv, g.seed_cells), quotas, g.seed_fraction, rng)
     chosen = latest.iloc[frames]
     positions = _positions(campaign, chosen, round_dir)
     with atomic_path(out_starts) as tmp:
@@ -164,16 +163,6 @@ def _write_starts(campaign, round_index, df, model, grid, target, out_starts, ro
             np.savez(fh, positions=positions, source_walker=chosen["walker"].to_numpy(),
                      source_step=chosen["step"].to_numpy(), reseeded=seeded)
     return positions, seeded
-
-
-def _edges(lower, upper, shape):
-    return [np.linspace(lo, hi, n + 1) for lo, hi, n in zip(lower, upper, shape)]
-
-
-def _cell_index(points: np.ndarray, lower, upper, shape) -> tuple[np.ndarray, ...]:
-    """Per-CV cell index of each point on a grid of ``shape`` cells over the CV domain."""
-    return tuple(np.clip(np.searchsorted(e, points[:, i], side="right") - 1, 0, len(e) - 2)
-                 for i, e in enumerate(_edges(lower, upper, shape)))
 
 
 def _positions(campaign, frames, round_dir: Path):

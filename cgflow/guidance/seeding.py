@@ -60,11 +60,11 @@ def choose_starts(last_frames: np.ndarray, scores: np.ndarray, cells: np.ndarray
             break
         cell = cells[candidate]
         where = cells[frames]
-        free = ~seeded
-        if held[cell] < quotas[cell] and (free & (held[where] > quotas[where])).any():
-            movable = np.flatnonzero(free & (held[where] > quotas[where]))
+        over = ~seeded & (held[where] > quotas[where])
+        if held[cell] < quotas[cell] and over.any():
+            movable = np.flatnonzero(over)
         else:
-            movable = np.flatnonzero(free & (where == cell) & (scores[frames] < scores[candidate]))
+            movable = np.flatnonzero(~seeded & (where == cell) & (scores[frames] < scores[candidate]))
         if len(movable) == 0:
             continue
         who = movable[np.lexsort((tiebreak[movable], scores[frames[movable]]))[0]]
