@@ -14,6 +14,10 @@ point each method's FES is the one it could report had it stopped there:
 The score is :func:`cgflow.analysis.fes.compare_to_reference` (RMSE in kT over the bins where
 the reference is below ``analysis.rmse_cutoff_kT``; unvisited bins count at the detection
 limit). ``coverage`` is the fraction of those bins the method's walkers visited.
+
+Beside cgflow's curve, each biased round's bias error (:func:`bias_error_kT`): how far the bias
+the round sampled under is from the well-tempered bias the reference asks for. An FES error says
+that the rounds are off; the bias error says whether the cause is the bias the walkers felt.
 """
 
 from __future__ import annotations
@@ -139,6 +143,36 @@ def curve_metadynamics(campaign, snapshots_path, reference_F):
     return _curve("metadynamics", rows)
 
 
+def bias_error_kT(campaign, bias, reference_F) -> float:
+    """RMS (kT) of ``bias`` minus the well-tempered bias -(1 - 1/gamma) F_ref, less their mean
+    difference, at the centres of the reference's bins below ``analysis.rmse_cutoff_kT``: the
+    error of the landscape the walkers felt, F_ref + bias, against the well-tempered F_ref / gamma."""
+    from cgflow.analysis.campaign import cv_edges
+
+    kT = campaign.sampling.kT
+    F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
+    F_ref = F_ref - np.nanmin(F_ref)
+    region = F_ref < campaign.analysis.rmse_cutoff_kT * kT
+    mesh = np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in cv_edges(campaign)], indexing="ij")
+    centres = np.stack([m[region] for m in mesh], axis=-1)
+    diff = bias(centres) + (1 - 1 / campaign.guidance.gamma) * F_ref[region]
+    return float(np.sqrt(np.mean((diff - diff.mean()) ** 2)) / kT)
+
+
+def bias_errors(campaign, sample_paths, reference_F) -> list[list]:
+    """[[round, :func:`bias_error_kT`], ...] for each biased round of ``sample_paths`` (the bias
+    path in its provenance)."""
+    from cgflow.guidance.bias import BiasGrid
+    from cgflow.io import read_provenance
+
+    out = []
+    for path in sample_paths:
+        prov = read_provenance(path)
+        if prov.get("bias"):
+            out.append([int(prov["round"]), bias_error_kT(campaign, BiasGrid.load(prov["bias"]), reference_F)])
+    return out
+
+
 def steps_to_target(curve, target_kT: float) -> int | None:
     """FG steps at the first budget point where rmse_kT <= target_kT; None if it never gets there."""
     hit = curve.sort_values("fg_steps")
@@ -165,8 +199,8 @@ def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, o
     """Curves of cgflow (``sample_paths``, its rounds) and of the peers (``peer_paths``: method ->
     the peer's out_dir or file) against the reference fes.csv; write ``out_csv`` (one row per
     method and budget point) and ``plot_png``; return the summary: per method its curve
-    ([[fg_steps, rmse_kT], ...], None for a budget with no estimate) and steps_to_target, and
-    target_kT."""
+    ([[fg_steps, rmse_kT], ...], None for a budget with no estimate), steps_to_target and
+    steps_to_stay, cgflow's bias_error_kT ([[round, kT], ...]), and target_kT."""
     import pandas as pd
 
     from cgflow.analysis.fes import read_fes_csv
@@ -190,6 +224,8 @@ def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, o
                            "steps_to_stay": steps_to_stay(curve, target)}
         log.info("%s: %s FG steps to %.3g kT, below it from %s on", method, summary[method]["steps_to_target"],
                  target, summary[method]["steps_to_stay"])
+    if sample_paths:
+        summary["cgflow"]["bias_error_kT"] = bias_errors(campaign, sample_paths, reference)
     return summary
 
 

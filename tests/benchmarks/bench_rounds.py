@@ -9,7 +9,9 @@ against the reference at the same budget points and the FG steps to the target (
 <= 0.1) and cgflow/metadynamics (target <= 0.7). A method that never reaches the target is
 shown as "> budget" and its ratio as an upper bound. Beside the first hit, each method's steps
 from which its RMSE stays below the target to the end of the budget, and those ratios: a first
-hit between noisy points can be luck.
+hit between noisy points can be luck. Last, per round, how far cgflow's bias is from the
+well-tempered bias of the reference (``bias_error_kT``): whether a slow campaign is slow because
+of its bias.
 
     python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH]
 """
@@ -101,6 +103,9 @@ def table(name: str, conv: dict) -> list[str]:
         final = conv[m]["curve"][-1][1]
         lines.append(f"  {m:13s} steps to target {show(conv[m]['steps_to_target']):>14s}   below it from "
                      f"{show(conv[m].get('steps_to_stay')):>14s} on   final RMSE {final:.3f} kT")
+    errors = conv["cgflow"].get("bias_error_kT") or []
+    lines.append("  cgflow bias error vs the well-tempered bias of the reference, kT, by round: "
+                 + " ".join(f"{k}:{e:.2f}" for k, e in errors))
     for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
         for peer, goal in (("unbiased", 0.1), ("metadynamics", 0.7)):
             mine, theirs = conv["cgflow"].get(key), conv[peer].get(key)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from cgflow.analysis.campaign import cv_edges
-from cgflow.analysis.convergence import (budget_schedule, cli_convergence, curve_rounds, curve_unbiased,
+from cgflow.analysis.convergence import (bias_error_kT, budget_schedule, cli_convergence, curve_rounds, curve_unbiased,
                                          steps_to_stay, steps_to_target, write_convergence)
 from cgflow.analysis.fes import FES, compare_to_reference, histogram_fes
 from cgflow.analysis.reweight import mbar_weights
@@ -243,6 +243,27 @@ def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     again = write_convergence(c, [], {"metadynamics": root / "peers" / "metadynamics" / "fes_snapshots.npz"},
                               tmp_path / "reference.csv", tmp_path / "m.csv", tmp_path / "m.png")
     assert set(again) == {"metadynamics", "target_kT"} and again["metadynamics"] == summary["metadynamics"]
+    # round 1 sampled under the well-tempered bias of the exact PMF itself
+    [[round_index, error]] = summary["cgflow"]["bias_error_kT"]
+    assert round_index == 1 and error < 0.05
+
+
+def test_bias_error_is_the_rms_distance_from_the_well_tempered_bias():
+    """On the 6 kJ/mol double well, scored where F < 4 kT (|x| < 1.51): the well-tempered bias
+    plus any constant has none; plus kT x, the RMS of x there, 1.51 / sqrt(3); half the
+    fill, (1 - 1/gamma) F / 2 left over, whose RMS the test takes from the exact PMF."""
+    c = _campaign({"walkers": 1, "steps": 100}, {"rounds": 1})
+    kT, gamma = c.sampling.kT, c.guidance.gamma
+    x = np.linspace(-2.0, 2.0, 401)
+    U = 6 * (x**2 - 1) ** 2
+    grid = lambda values: BiasGrid(("x",), (-2.0,), (2.0,), (False,), values)  # noqa: E731
+    F_ref = _exact(c)
+    # 0.02 kT: the reference is the free energy of each bin, the bias its value at the centre
+    assert bias_error_kT(c, grid(-(1 - 1 / gamma) * U + 3.0), F_ref) < 0.03
+    assert bias_error_kT(c, grid(-(1 - 1 / gamma) * U + kT * x), F_ref) == pytest.approx(1.51 / np.sqrt(3), abs=0.03)
+    F = F_ref - np.nanmin(F_ref)
+    half = (1 - 1 / gamma) * F[F < 4 * kT] / 2
+    assert bias_error_kT(c, grid(-(1 - 1 / gamma) * U / 2), F_ref) == pytest.approx(np.std(half) / kT, rel=0.02)
 
 
 def test_alanine_metadynamics_biases_both_dihedrals(tmp_path):
