@@ -81,13 +81,11 @@ def curve_rounds(campaign, sample_paths, reference_F):
     the given rounds cover (rounds are recognised by the 'round' of their provenance)."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.analysis.reweight import campaign_weights
-    from cgflow.guidance.bias import BiasGrid
 
     s = campaign.sampling
     names = list(campaign.system.cv_names)
     df, prov = read_samples([Path(p) for p in sample_paths])
-    bias_of = {int(p["round"]): p.get("bias") for p in prov}
-    loaded = {k: BiasGrid.load(path) if path else None for k, path in bias_of.items()}
+    loaded = _round_biases(prov)
     per_round = s.steps + s.equilibration
     rows = []
     for t in budget_schedule(campaign):
@@ -160,17 +158,18 @@ def bias_error_kT(campaign, bias, reference_F) -> float:
 
 
 def bias_errors(campaign, sample_paths, reference_F) -> list[list]:
-    """[[round, :func:`bias_error_kT`], ...] for each biased round of ``sample_paths`` (the bias
-    path in its provenance)."""
-    from cgflow.guidance.bias import BiasGrid
+    """[[round, :func:`bias_error_kT`], ...] for each biased round of ``sample_paths``."""
     from cgflow.io import read_provenance
 
-    out = []
-    for path in sample_paths:
-        prov = read_provenance(path)
-        if prov.get("bias"):
-            out.append([int(prov["round"]), bias_error_kT(campaign, BiasGrid.load(prov["bias"]), reference_F)])
-    return out
+    biases = _round_biases([read_provenance(p) for p in sample_paths])
+    return [[k, bias_error_kT(campaign, bias, reference_F)] for k, bias in biases.items() if bias is not None]
+
+
+def _round_biases(provenance: list[dict]) -> dict:
+    """Round -> the BiasGrid it sampled under (None: unbiased), from its samples' provenance."""
+    from cgflow.guidance.bias import BiasGrid
+
+    return {int(p["round"]): BiasGrid.load(p["bias"]) if p.get("bias") else None for p in provenance}
 
 
 def steps_to_target(curve, target_kT: float) -> int | None:
