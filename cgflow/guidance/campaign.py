@@ -111,7 +111,7 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     # up to), which leaves room for walkers at the frontier
     F_top = float(F_grid[trusted].max()) if trusted.any() else float(F_grid.max())
     target = np.exp(-(support_grid * F_grid + (1 - support_grid) * F_top) / (g.gamma * kT))
-    starts, seeded = _write_starts(campaign, round_index, df, model, grid, target, out_starts,
+    starts, seeded = _write_starts(campaign, round_index, df, eps_data, grid, target, out_starts,
                                    Path(sample_paths[-1]).parent)
     result = {
         "round": round_index,
@@ -130,9 +130,10 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
              gap if gap is not None else float("nan"), result["reseeded_walkers"])
 
 
-def _write_starts(campaign, round_index, df, model, grid, target, out_starts, round_dir: Path):
+def _write_starts(campaign, round_index, df, eps, grid, target, out_starts, round_dir: Path):
     """Start positions of round k+1's walkers from round k's frames (see guidance.seeding);
-    ``target`` is the well-tempered target density on the model grid's points."""
+    ``eps`` is the ensemble disagreement at each frame of ``df``, ``target`` the well-tempered
+    target density on the model grid's points."""
     from cgflow.analysis.campaign import cv_domain
     from cgflow.analysis.tram import markov_states
     from cgflow.guidance.seeding import cell_quotas, choose_starts, frontier_scores
@@ -140,13 +141,13 @@ def _write_starts(campaign, round_index, df, model, grid, target, out_starts, ro
 
     names = list(campaign.system.cv_names)
     g = campaign.guidance
-    latest = df[df["round"] == round_index].reset_index(drop=True)
+    is_latest = (df["round"] == round_index).to_numpy()
+    latest = df[is_latest].reset_index(drop=True)
     cv, all_cv = latest[names].to_numpy(), df[names].to_numpy()
-    _, eps = ensemble_at(model, grid, campaign.sampling.kT, cv)
     lower, upper, _ = cv_domain(campaign)
     cells = lambda points, n: markov_states(points, lower, upper, n)  # noqa: E731
     counts = np.bincount(cells(all_cv, g.model_grid), minlength=g.model_grid ** len(names))
-    scores = frontier_scores(eps, counts[cells(cv, g.model_grid)])
+    scores = frontier_scores(eps[is_latest], counts[cells(cv, g.model_grid)])
 
     n_cells = g.seed_cells ** len(names)
     visited = np.bincount(cells(all_cv, g.seed_cells), minlength=n_cells) > 0
