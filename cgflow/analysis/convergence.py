@@ -17,7 +17,9 @@ limit). ``coverage`` is the fraction of those bins the method's walkers visited.
 
 Beside cgflow's curve, each biased round's bias error (:func:`bias_error_kT`): how far the bias
 the round sampled under is from the well-tempered bias the reference asks for. An FES error says
-that the rounds are off; the bias error says whether the cause is the bias the walkers felt.
+that the rounds are off; the bias error says whether the cause is the bias the walkers felt. And
+each round's on-target share (:func:`on_target_shares`): how many of its frames landed where the
+FES is scored; a curve that stalls while the share falls spends its FG steps elsewhere.
 """
 
 from __future__ import annotations
@@ -165,6 +167,26 @@ def bias_errors(campaign, sample_paths, reference_F) -> list[list]:
     return [[k, bias_error_kT(campaign, bias, reference_F)] for k, bias in biases.items() if bias is not None]
 
 
+def on_target_shares(campaign, sample_paths, reference_F) -> list[list]:
+    """[[round, share], ...]: the fraction of each round's frames in the reference's bins below
+    ``analysis.rmse_cutoff_kT``, where the FES is scored. The rest of the round's FG steps went
+    where the score does not look: barriers and high free energies, which a bias must visit to
+    find basins and which it overvisits when it overfills."""
+    import pandas as pd
+
+    from cgflow.analysis.campaign import cv_edges
+    from cgflow.io import read_provenance
+
+    kT, names = campaign.sampling.kT, list(campaign.system.cv_names)
+    F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
+    region = F_ref - np.nanmin(F_ref) < campaign.analysis.rmse_cutoff_kT * kT
+    shares = []
+    for path in sample_paths:
+        counts, _ = np.histogramdd(pd.read_parquet(path, columns=names).to_numpy(), bins=cv_edges(campaign))
+        shares.append([int(read_provenance(path)["round"]), float(counts[region].sum() / max(counts.sum(), 1))])
+    return shares
+
+
 def _round_biases(provenance: list[dict]) -> dict:
     """Round -> the BiasGrid it sampled under (None: unbiased), from its samples' provenance."""
     from cgflow.guidance.bias import BiasGrid
@@ -199,7 +221,8 @@ def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, o
     the peer's out_dir or file) against the reference fes.csv; write ``out_csv`` (one row per
     method and budget point) and ``plot_png``; return the summary: per method its curve
     ([[fg_steps, rmse_kT], ...], None for a budget with no estimate), steps_to_target and
-    steps_to_stay, cgflow's bias_error_kT ([[round, kT], ...]), and target_kT."""
+    steps_to_stay, cgflow's bias_error_kT ([[round, kT], ...]) and on_target_share ([[round, fraction
+    of its frames where the FES is scored], ...]), and target_kT."""
     import pandas as pd
 
     from cgflow.analysis.fes import read_fes_csv
@@ -225,6 +248,7 @@ def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, o
                  target, summary[method]["steps_to_stay"])
     if sample_paths:
         summary["cgflow"]["bias_error_kT"] = bias_errors(campaign, sample_paths, reference)
+        summary["cgflow"]["on_target_share"] = on_target_shares(campaign, sample_paths, reference)
     return summary
 
 

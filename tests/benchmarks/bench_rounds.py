@@ -11,7 +11,8 @@ shown as "> budget" and its ratio as an upper bound. Beside the first hit, each 
 from which its RMSE stays below the target to the end of the budget, and those ratios: a first
 hit between noisy points can be luck. Last, per round, how far cgflow's bias is from the
 well-tempered bias of the reference (``bias_error_kT``): whether a slow campaign is slow because
-of its bias.
+of its bias; and the share of each round's frames where the FES is scored (``on_target_share``):
+whether its FG steps went there at all.
 
     python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH]
 """
@@ -112,6 +113,9 @@ def table(name: str, conv: dict) -> list[str]:
     errors = conv["cgflow"].get("bias_error_kT") or []
     lines.append("  cgflow bias error vs the well-tempered bias of the reference, kT, by round: "
                  + " ".join(f"{k}:{e:.2f}" for k, e in errors))
+    shares = conv["cgflow"].get("on_target_share") or []
+    lines.append("  cgflow frames where the FES is scored (reference below the RMSE cutoff), by round: "
+                 + " ".join(f"{k}:{s:.2f}" for k, s in shares))
     for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
         for peer, goal in (("unbiased", 0.1), ("metadynamics", 0.7)):
             mine, theirs = conv["cgflow"].get(key), conv[peer].get(key)

@@ -18,7 +18,7 @@ import yaml
 
 from cgflow.analysis.campaign import cv_edges
 from cgflow.analysis.convergence import (bias_error_kT, budget_schedule, cli_convergence, curve_rounds, curve_unbiased,
-                                         steps_to_stay, steps_to_target, write_convergence)
+                                         on_target_shares, steps_to_stay, steps_to_target, write_convergence)
 from cgflow.analysis.fes import FES, compare_to_reference, histogram_fes
 from cgflow.analysis.reweight import mbar_weights
 from cgflow.config import load_config
@@ -246,6 +246,32 @@ def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     # round 1 sampled under the well-tempered bias of the exact PMF itself
     [[round_index, error]] = summary["cgflow"]["bias_error_kT"]
     assert round_index == 1 and error < 0.05
+    assert summary["cgflow"]["on_target_share"] == on_target_shares(c, samples, _exact(c))
+
+
+def test_on_target_share_is_the_equilibrium_mass_where_the_fes_is_scored(short_campaign):
+    """Each round's share of frames in the bins below the cutoff (4 kT, |x| < 1.51) against the
+    mass its equilibrium puts there: round 0 unbiased, almost all; round 1 under the well-tempered
+    bias, which flattens the walls too and lets the walkers out to |x| ~ 2. The masses by
+    quadrature on 100 sub-bins per bin: within a wall bin the potential and the bias change by
+    several kT, so the bias at the bin centre overstates the biased wall mass by ~4 %."""
+    c, _, samples, _ = short_campaign
+    kT, edges = c.sampling.kT, cv_edges(c)[0]
+    F = _exact(c)
+    region = F - np.nanmin(F) < 4.0 * kT
+    fine = np.linspace(edges[0], edges[-1], 100 * (len(edges) - 1) + 1)
+    F_fine = c.system.build().reference_fes([fine], c.sampling.temperature)
+    centres = 0.5 * (fine[1:] + fine[:-1])
+    bias = BiasGrid.load(read_provenance(samples[1])["bias"])(centres[:, None])
+    expected = []
+    for V in (0.0, bias):
+        p = np.exp(-(F_fine + V - np.nanmin(F_fine + V)) / kT)
+        expected.append(p[np.repeat(region, 100)].sum() / p.sum())
+    shares = on_target_shares(c, samples, _exact(c))
+    print("on-target shares", shares, "expected", expected)
+    assert [k for k, _ in shares] == [0, 1]
+    assert shares[0][1] == pytest.approx(expected[0], abs=0.01) and expected[0] > 0.99
+    assert shares[1][1] == pytest.approx(expected[1], abs=0.02) and expected[1] < 0.9
 
 
 def test_bias_error_is_the_rms_distance_from_the_well_tempered_bias():
