@@ -133,14 +133,19 @@ def curve_metadynamics(campaign, snapshots_path, reference_F):
     snap = read_snapshots(snapshots_path)
     if any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(snap["edges"], cv_edges(campaign))):
         raise ValueError(f"{snapshots_path} is on other bins than analysis.bins gives; rerun the metadynamics peer")
-    F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
-    region = F_ref - np.nanmin(F_ref) < cutoff * kT
+    region = scored_region(campaign, reference_F)
     rows = []
     for budget, F, counts in zip(snap["budget_steps"], snap["F"], snap["counts"]):
         fes = FES(edges=tuple(snap["edges"]), F=F, F_err=np.full_like(F, np.nan))
         rmse = compare_to_reference(fes, reference_F, kT, cutoff)["rmse_kT"]
         rows.append((int(budget), rmse, float(np.sum(region & (counts > 0)) / region.sum())))
     return _curve("metadynamics", rows)
+
+
+def scored_region(campaign, reference_F) -> np.ndarray:
+    """The reference's bins below ``analysis.rmse_cutoff_kT``, where every score is taken."""
+    F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
+    return F_ref - np.nanmin(F_ref) < campaign.analysis.rmse_cutoff_kT * campaign.sampling.kT
 
 
 def bias_error_kT(campaign, bias, reference_F) -> float:
@@ -152,7 +157,7 @@ def bias_error_kT(campaign, bias, reference_F) -> float:
     kT = campaign.sampling.kT
     F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
     F_ref = F_ref - np.nanmin(F_ref)
-    region = F_ref < campaign.analysis.rmse_cutoff_kT * kT
+    region = scored_region(campaign, F_ref)
     mesh = np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in cv_edges(campaign)], indexing="ij")
     centres = np.stack([m[region] for m in mesh], axis=-1)
     diff = bias(centres) + (1 - 1 / campaign.guidance.gamma) * F_ref[region]
@@ -177,9 +182,8 @@ def on_target_shares(campaign, sample_paths, reference_F) -> list[list]:
     from cgflow.analysis.campaign import cv_edges
     from cgflow.io import read_provenance
 
-    kT, names = campaign.sampling.kT, list(campaign.system.cv_names)
-    F_ref = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
-    region = F_ref - np.nanmin(F_ref) < campaign.analysis.rmse_cutoff_kT * kT
+    names = list(campaign.system.cv_names)
+    region = scored_region(campaign, reference_F)
     shares = []
     for path in sample_paths:
         counts, _ = np.histogramdd(pd.read_parquet(path, columns=names).to_numpy(), bins=cv_edges(campaign))
