@@ -177,17 +177,14 @@ def on_target_shares(campaign, sample_paths, reference_F) -> list[list]:
     ``analysis.rmse_cutoff_kT``, where the FES is scored. The rest of the round's FG steps went
     where the score does not look: barriers and high free energies, which a bias must visit to
     find basins and which it overvisits when it overfills."""
-    import pandas as pd
-
-    from cgflow.analysis.campaign import cv_edges
-    from cgflow.io import read_provenance
+    from cgflow.analysis.campaign import cv_edges, read_samples
 
     names = list(campaign.system.cv_names)
     region = scored_region(campaign, reference_F)
     shares = []
-    for path in sample_paths:
-        counts, _ = np.histogramdd(pd.read_parquet(path, columns=names).to_numpy(), bins=cv_edges(campaign))
-        shares.append([int(read_provenance(path)["round"]), float(counts[region].sum() / max(counts.sum(), 1))])
+    for k, frames in read_samples(sample_paths)[0].groupby("round", sort=True):
+        counts, _ = np.histogramdd(frames[names].to_numpy(), bins=cv_edges(campaign))
+        shares.append([int(k), float(counts[region].sum() / max(counts.sum(), 1))])
     return shares
 
 
