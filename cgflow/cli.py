@@ -44,7 +44,7 @@ def cmd_sample(args) -> None:
 
     run(_campaign(args.config), args.round, Path(args.out_dir),
         bias_path=Path(args.bias) if args.bias else None,
-        starts_path=Path(args.starts) if args.starts else None, steps=args.steps)
+        starts_path=Path(args.starts) if args.starts else None, steps=args.steps, hills=True)
 
 
 def _optional_paths(values):

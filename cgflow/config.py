@@ -232,6 +232,7 @@ class GuidanceConfig:
     seed_fraction: float
     seed_cells: int  # resolved from 'auto'
     initial_bias: str | None = None
+    hills: dict | None = None  # height (0: off), width, interval
 
 
 @dataclass(frozen=True)
@@ -675,11 +676,18 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
             raise ConfigError(f"guidance.initial_bias: {g['initial_bias']!r} is not an existing bias.npz file "
                               f"(no file at {str(path.absolute())!r})")
         g["initial_bias"] = str(path.absolute())
+    hills, smp = g["hills"], config["sampling"]
+    frame_ps = smp["report_interval"] * smp["timestep"]
+    lag_steps = max(1, round(g["markov_lag"] / frame_ps)) * smp["report_interval"]
+    if hills["height"] and g["estimator"] == "tram" and hills["interval"] < lag_steps + smp["report_interval"]:
+        raise ConfigError(f"guidance.hills.interval: {hills['interval']} steps is not allowed with the TRAM estimator; "
+                          f"each deposition interval is a thermodynamic state and needs a transition, so it must be "
+                          f">= {lag_steps + smp['report_interval']} steps (TRAM's lag guidance.markov_lag = "
+                          f"{lag_steps} steps, plus one saved frame)")
     if ref not in ("exact", "none", "metadynamics_long"):
         config["analysis"]["reference"] = str(path.absolute())
     if "ccg" in config:
         _check_ccg(config)
-    smp = config["sampling"]
     if smp["report_interval"] > smp["steps"]:
         raise ConfigError(f"sampling.report_interval: {smp['report_interval']} is not allowed; it must be <= sampling.steps ({smp['steps']})")
     return config

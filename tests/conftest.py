@@ -17,12 +17,11 @@ def campaign():
     """Build a validated Campaign from keyword overrides of a tiny toy config."""
     from cgflow.config import load_config
 
-    def make(system=None, sampling=None, analysis=None, name="test", seed=1):
+    def make(system=None, sampling=None, analysis=None, name="test", seed=1, guidance=None):
         cfg = {"campaign": name, "seed": seed, "system": system or {"type": "toy", "potential": "double_well"}}
-        if sampling:
-            cfg["sampling"] = sampling
-        if analysis:
-            cfg["analysis"] = analysis
+        for key, value in (("sampling", sampling), ("analysis", analysis), ("guidance", guidance)):
+            if value:
+                cfg[key] = value
         return load_config(cfg)
 
     return make

@@ -165,11 +165,14 @@ def bias_error_kT(campaign, bias, reference_F) -> float:
 
 
 def bias_errors(campaign, sample_paths, reference_F) -> list[list]:
-    """[[round, :func:`bias_error_kT`], ...] for each biased round of ``sample_paths``."""
+    """[[round, :func:`bias_error_kT`], ...] for each biased round of ``sample_paths``; for a
+    round with hills, of the bias at its end (the CG bias plus all its hills)."""
     from cgflow.io import read_provenance
+    from cgflow.sampling.hills import RoundStates
 
     biases = _round_biases([read_provenance(p) for p in sample_paths])
-    return [[k, bias_error_kT(campaign, bias, reference_F)] for k, bias in biases.items() if bias is not None]
+    return [[k, bias_error_kT(campaign, bias.grids[-1] if isinstance(bias, RoundStates) else bias, reference_F)]
+            for k, bias in biases.items() if bias is not None]
 
 
 def on_target_shares(campaign, sample_paths, reference_F) -> list[list]:
@@ -189,10 +192,13 @@ def on_target_shares(campaign, sample_paths, reference_F) -> list[list]:
 
 
 def _round_biases(provenance: list[dict]) -> dict:
-    """Round -> the BiasGrid it sampled under (None: unbiased), from its samples' provenance."""
+    """Round -> the BiasGrid it sampled under (None: unbiased; with hills, the RoundStates of
+    its deposition intervals), from its samples' provenance."""
     from cgflow.guidance.bias import BiasGrid
+    from cgflow.sampling.hills import RoundStates
 
-    return {int(p["round"]): BiasGrid.load(p["bias"]) if p.get("bias") else None for p in provenance}
+    return {int(p["round"]): RoundStates.load(p["hills"]) if p.get("hills") else
+            BiasGrid.load(p["bias"]) if p.get("bias") else None for p in provenance}
 
 
 def steps_to_target(curve, target_kT: float) -> int | None:

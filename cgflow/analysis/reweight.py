@@ -91,9 +91,44 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
 
 def campaign_weights(campaign, frames, biases: list) -> Reweighting:
     """Unbiased weights of ``frames`` (round 0..K-1, walker, step, CVs) by the campaign's
-    estimator (guidance.estimator); ``biases[k]`` is what round k sampled under, or None. One round
-    alone is one thermodynamic state, where both estimators are its frames reweighted by exp(+V/kT):
-    MBAR then, since TRAM would need transitions a part-round may be too short for."""
+    estimator (guidance.estimator); ``biases[k]`` is what round k sampled under: a bias, None,
+    or the :class:`~cgflow.sampling.hills.RoundStates` of a round with hills, whose deposition
+    intervals are states of their own (``f_k`` is then per state, the other diagnostics per
+    round). One state alone is its frames reweighted by exp(+V/kT), by MBAR: TRAM would need
+    transitions a part-round may be too short for."""
+    from cgflow.sampling.hills import RoundStates
+
+    if not any(isinstance(b, RoundStates) for b in biases):
+        return _state_weights(campaign, frames, biases)
+    state, state_biases = thermodynamic_states(frames, biases)
+    rw = _state_weights(campaign, frames.assign(round=state), state_biases)
+    rounds = frames["round"].to_numpy()
+    n_k = np.bincount(rounds, minlength=len(biases))
+    ess_round = np.array([kish(rw.weights[rounds == k]) for k in range(len(biases))])
+    return Reweighting(rw.weights, rw.f_k, n_k, rw.ess, ess_round, rw.overlap, rw.connected)
+
+
+def thermodynamic_states(frames, biases: list) -> tuple[np.ndarray, list]:
+    """Each frame's thermodynamic state and each state's bias: one state per round, or per
+    deposition interval of a round with hills (intervals without frames left out)."""
+    from cgflow.sampling.hills import RoundStates
+
+    rounds, steps = frames["round"].to_numpy(), frames["step"].to_numpy()
+    state, state_biases = np.empty(len(frames), dtype=np.int64), []
+    for k, bias in enumerate(biases):
+        mine = rounds == k
+        if isinstance(bias, RoundStates):
+            interval = bias.interval_of(steps[mine])
+            used, index = np.unique(interval, return_inverse=True)
+            state[mine] = len(state_biases) + index
+            state_biases += [bias.grids[j] for j in used]
+        else:
+            state[mine] = len(state_biases)
+            state_biases.append(bias)
+    return state, state_biases
+
+
+def _state_weights(campaign, frames, biases: list) -> Reweighting:
     names = list(campaign.system.cv_names)
     g, kT = campaign.guidance, campaign.sampling.kT
     if g.estimator == "tram" and len(biases) > 1:
@@ -114,8 +149,11 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     from cgflow.guidance.bias import BiasGrid
     from cgflow.io import write_parquet
 
-    df, _ = read_samples(sample_paths)
-    biases = [BiasGrid.load(p) if p else None for p in bias_paths]
+    from cgflow.sampling.hills import RoundStates
+
+    df, provenance = read_samples(sample_paths)
+    biases = [RoundStates.load(p["hills"]) if p.get("hills") else BiasGrid.load(b) if b else None
+              for p, b in zip(provenance, bias_paths)]
     rw = campaign_weights(campaign, df, biases)
     connected = rw.connected if rw.connected is not None else np.ones(len(df), dtype=bool)
     table = df[["round", "walker", "step"]].assign(weight=rw.weights, connected=connected)

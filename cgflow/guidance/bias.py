@@ -87,12 +87,15 @@ class BiasGrid:
         periodic = all(self.periodic)
         if any(self.periodic) and not periodic:
             raise ValueError("OpenMM tabulated functions cannot mix periodic and non-periodic CVs")
+        cls = {1: openmm.Continuous1DFunction, 2: openmm.Continuous2DFunction,
+               3: openmm.Continuous3DFunction}[self.values.ndim]
+        return cls(*self.table_parameters(), periodic)
+
+    def table_parameters(self) -> tuple:
+        """The tabulated function's parameters ((sizes,) values, limits), as setFunctionParameters takes them."""
         flat = self.values.ravel(order="F")
         limits = [v for pair in zip(self.lower, self.upper) for v in pair]
-        if self.values.ndim == 1:
-            return openmm.Continuous1DFunction(flat, *limits, periodic)
-        cls = openmm.Continuous2DFunction if self.values.ndim == 2 else openmm.Continuous3DFunction
-        return cls(*self.values.shape, flat, *limits, periodic)
+        return (flat, *limits) if self.values.ndim == 1 else (*self.values.shape, flat, *limits)
 
     def clamped_arguments(self, expressions: list[str]) -> str:
         """The tabulated function's arguments in Lepton, non-periodic ones clamped to the grid."""

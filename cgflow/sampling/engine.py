@@ -127,6 +127,117 @@ def _chunks(folder: Path) -> list[Path]:
     return sorted(folder.glob("chunk-*.npz"))
 
 
+class Replica:
+    """One Context's walkers, advanced step by step with their frames buffered and saved per chunk.
+
+    Opening resumes from the last chunk in ``folder`` (or the chunk ending at ``resume_at``,
+    dropping any later ones: the shared-hills driver rolls every replica back to its last
+    common checkpoint).
+    """
+
+    def __init__(self, system, walkers: list[int], settings: MDSettings, platform: str, properties: dict,
+                 seed: int, folder: Path, bias=None, start: np.ndarray | None = None, record_forces: bool = False,
+                 resume_at: int | None = None):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.system, self.walkers, self.settings, self.folder = system, walkers, settings, folder
+        self.bias, self.record_forces = bias, record_forces
+        self.context, self.integrator = make_context(system, len(walkers), settings, platform, properties, seed,
+                                                     bias, start)
+        done = _chunks(folder)
+        if resume_at is not None:
+            for later in [c for c in done if _chunk_end(c) > resume_at]:
+                later.unlink()
+            done = [c for c in done if _chunk_end(c) <= resume_at]
+        self.total = settings.equilibration + settings.steps
+        if done:
+            with np.load(done[-1]) as last:
+                self.context.loadCheckpoint(last["checkpoint"].tobytes())
+                self.step = int(last["end_step"])
+            log.info("walkers %d-%d: resuming from step %d of %d", walkers[0], walkers[-1], self.step, self.total)
+        else:
+            import openmm.unit as u
+
+            self.context.setVelocitiesToTemperature(settings.temperature * u.kelvin, seed)
+            self.step = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buffer = {k: [] for k in ("step", "positions", "cv", "potential", "bias", "forces")}
+        self.wall = 0.0
+
+    def advance(self, target: int) -> None:
+        """Run to step ``target``, saving a frame every ``report_interval`` steps after equilibration."""
+        ri, eq = self.settings.report_interval, self.settings.equilibration
+        t0 = time.perf_counter()
+        while self.step < target:
+            next_frame = eq + ((max(self.step - eq, 0) // ri) + 1) * ri
+            stop = min(target, next_frame)
+            self.integrator.step(stop - self.step)
+            self.step = stop
+            if self.step > eq and (self.step - eq) % ri == 0:
+                p, c, e, b = _observe(self.system, self.context, self.bias)
+                for key, value in zip(("step", "positions", "cv", "potential", "bias"), (self.step - eq, p, c, e, b)):
+                    self.buffer[key].append(value)
+                if self.record_forces:
+                    self.buffer["forces"].append(_fg_forces(self.context))
+        self.wall += time.perf_counter() - t0
+
+    def cv(self) -> np.ndarray:
+        """The walkers' CVs now, (n_walkers, n_cvs)."""
+        import openmm.unit as u
+
+        pos = self.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        return self.system.cv_values(pos if self.system.shares_context else pos[None])
+
+    def set_bias(self, grid) -> None:
+        """Apply ``grid`` (a BiasGrid on the bias's own domain and shape) from now on."""
+        from cgflow.guidance.bias import FORCE_GROUP
+
+        force = next(f for f in self.context.getSystem().getForces() if f.getForceGroup() == FORCE_GROUP)
+        force.getTabulatedFunction(0).setFunctionParameters(*grid.table_parameters())
+        force.updateParametersInContext(self.context)
+        self.bias = grid
+
+    def save_chunk(self) -> float:
+        """Write the frames since the last chunk and a checkpoint as ``chunk-<step>.npz``; return its MD wall time."""
+        n, n_cv = len(self.walkers), len(self.system.cv_names)
+        n_particles = self.context.getSystem().getNumParticles()
+        b = self.buffer
+        with atomic_path(self.folder / f"chunk-{self.step:010d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    end_step=self.step,
+                    step=np.asarray(b["step"], dtype=np.int64),
+                    positions=np.asarray(b["positions"], dtype=float).reshape(-1, n_particles, 3),
+                    cv=np.asarray(b["cv"], dtype=float).reshape(-1, n, n_cv),
+                    potential=np.asarray(b["potential"], dtype=float).reshape(-1, n),
+                    bias=np.asarray(b["bias"], dtype=float).reshape(-1, n),
+                    wall_s=self.wall,
+                    **({"forces": np.asarray(b["forces"], dtype=float).reshape(-1, n_particles, 3)}
+                       if self.record_forces else {}),
+                    checkpoint=np.frombuffer(self.context.createCheckpoint(), dtype=np.uint8),
+                )
+        wall = self.wall
+        self._reset()
+        return wall
+
+    def frames(self) -> "ReplicaFrames":
+        """All frames saved in this replica's chunks (releases the Context)."""
+        del self.context, self.integrator
+        return _load_frames(self.folder, self.walkers)
+
+
+def _chunk_end(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def chunk_ends(settings: MDSettings) -> list[int]:
+    """The steps at which a replica saves a chunk: every ``checkpoint_interval`` and the end."""
+    total, ci = settings.equilibration + settings.steps, settings.checkpoint_interval
+    return sorted(set(range(ci, total, ci)) | {total})
+
+
 def run_replica(system, walkers: list[int], settings: MDSettings, platform: str, properties: dict,
                 seed: int, folder: Path, progress=None, bias=None, start: np.ndarray | None = None,
                 record_forces: bool = False) -> ReplicaFrames:
@@ -134,61 +245,15 @@ def run_replica(system, walkers: list[int], settings: MDSettings, platform: str,
 
     ``record_forces`` also stores each frame's unbiased FG forces (for force matching of bead CG models).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    n = len(walkers)
-    context, integrator = make_context(system, n, settings, platform, properties, seed, bias, start)
-    done = _chunks(folder)
-    total = settings.equilibration + settings.steps
-    if done:
-        with np.load(done[-1]) as last:
-            context.loadCheckpoint(last["checkpoint"].tobytes())
-            step = int(last["end_step"])
-        log.info("walkers %d-%d: resuming from step %d of %d", walkers[0], walkers[-1], step, total)
-    else:
-        import openmm.unit as u
-
-        context.setVelocitiesToTemperature(settings.temperature * u.kelvin, seed)
-        step = 0
-    ri, ci, eq = settings.report_interval, settings.checkpoint_interval, settings.equilibration
-    while step < total:
-        t0 = time.perf_counter()
-        end = min(total, (step // ci + 1) * ci)
-        steps, pos, cvs, pots, biases, frcs = [], [], [], [], [], []
-        while step < end:
-            next_frame = eq + ((max(step - eq, 0) // ri) + 1) * ri
-            target = min(end, next_frame)
-            integrator.step(target - step)
-            step = target
-            if step > eq and (step - eq) % ri == 0:
-                p, c, e, b = _observe(system, context, bias)
-                steps.append(step - eq)
-                pos.append(p)
-                cvs.append(c)
-                pots.append(e)
-                biases.append(b)
-                if record_forces:
-                    frcs.append(_fg_forces(context))
-        wall = time.perf_counter() - t0
-        n_particles = context.getSystem().getNumParticles()
-        n_cv = len(system.cv_names)
-        with atomic_path(folder / f"chunk-{end:010d}.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    end_step=end,
-                    step=np.asarray(steps, dtype=np.int64),
-                    positions=np.asarray(pos, dtype=float).reshape(-1, n_particles, 3),
-                    cv=np.asarray(cvs, dtype=float).reshape(-1, n, n_cv),
-                    potential=np.asarray(pots, dtype=float).reshape(-1, n),
-                    bias=np.asarray(biases, dtype=float).reshape(-1, n),
-                    wall_s=wall,
-                    **({"forces": np.asarray(frcs, dtype=float).reshape(-1, n_particles, 3)} if record_forces else {}),
-                    checkpoint=np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
-                )
+    replica = Replica(system, walkers, settings, platform, properties, seed, folder, bias, start, record_forces)
+    for end in chunk_ends(settings):
+        if end <= replica.step:
+            continue
+        replica.advance(end)
+        wall = replica.save_chunk()
         if progress is not None:
-            progress(walkers, end, total, wall)
-    del context, integrator
-    return _load_frames(folder, walkers)
+            progress(walkers, end, replica.total, wall)
+    return replica.frames()
 
 
 def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:

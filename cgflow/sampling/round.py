@@ -60,9 +60,11 @@ class _Progress:
 
 
 def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size: int = 1,
-                 bias=None, starts: np.ndarray | None = None, steps: int | None = None):
+                 bias=None, starts: np.ndarray | None = None, steps: int | None = None, hills=None, comm=None):
     """Run this rank's walkers for one round under ``bias`` from ``starts`` (walkers, particles,
-    3; nm); return their frames and the platform (rank 0 gathers and writes)."""
+    3; nm); return their frames and the platform (rank 0 gathers and writes). With ``hills``
+    (a :class:`cgflow.sampling.hills.Hills` on ``bias``'s grid) the walkers deposit into it as
+    they go, all ranks together over ``comm``."""
     sampling = campaign.sampling
     system = campaign.system.build()
     settings = MDSettings.from_config(sampling)
@@ -76,7 +78,10 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     record_forces = campaign.records_forces
     job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers,
            "steps": settings.steps, "bias": _digest(bias.values if bias is not None else None),
-           "starts": _digest(starts), "forces": record_forces}
+           "starts": _digest(starts), "forces": record_forces,
+           "hills": hills.settings.as_dict() if hills is not None else None}
+    if hills is not None:
+        bias = hills.total()
     groups = replicas(system, walkers)
 
     def start_of(group):
@@ -98,13 +103,26 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     properties = platform_properties(platform, device_index=device, threads=cpu_threads(pinned))
     log.info("rank %d of %d: walkers %d-%d on %s %s", rank, size, walkers[0], walkers[-1], platform, properties)
     progress = _Progress(len(walkers) * (settings.steps + settings.equilibration))
-    frames = [
-        run_replica(system, group, settings, platform, properties,
-                    replica_seed(campaign.seed, round_index, group[0]),
-                    workdir / f"replica-{group[0]:05d}", progress, bias, start_of(group), record_forces)
-        for group in groups
-    ]
+    seeds = [replica_seed(campaign.seed, round_index, group[0]) for group in groups]
+    if hills is not None:
+        from cgflow.sampling.hills import run_with_hills
+
+        frames = run_with_hills(system, groups, settings, platform, properties, seeds, workdir, hills,
+                                [start_of(g) for g in groups], record_forces, progress, comm)
+    else:
+        frames = [run_replica(system, group, settings, platform, properties, seed, workdir / f"replica-{group[0]:05d}",
+                              progress, bias, start_of(group), record_forces)
+                  for group, seed in zip(groups, seeds)]
     return frames, platform
+
+
+def zero_bias(campaign):
+    """A bias of zero on the grid the CG bias would have (guidance.bias_grid points on the CV domain)."""
+    from cgflow.analysis.campaign import cv_domain
+    from cgflow.guidance.bias import BiasGrid
+
+    lower, upper, periodic = cv_domain(campaign)
+    return BiasGrid.zeros(campaign.system.cv_names, lower, upper, periodic, campaign.guidance.bias_grid)
 
 
 def _digest(array) -> str | None:
@@ -167,20 +185,25 @@ def write_trajectories(system, frames: list[ReplicaFrames], traj_dir: Path, time
 
 
 def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None,
-        starts_path: Path | None = None, steps: int | None = None) -> Path:
+        starts_path: Path | None = None, steps: int | None = None, hills: bool = False) -> Path:
     """The ``cgflow sample`` action: sample under the bias in ``bias_path`` (if any) from the
-    walker starts in ``starts_path`` (if any), then write samples.parquet (and traj/) atomically."""
+    walker starts in ``starts_path`` (if any), then write samples.parquet (and traj/) atomically.
+    ``hills``: a round of the campaign, which deposits hills on its bias when ``guidance.hills``
+    is on (see cgflow.sampling.hills) and writes them to hills.npz."""
     from cgflow.guidance.bias import BiasGrid
+    from cgflow.sampling.hills import FILE as HILLS_FILE, HillSettings, Hills
     from cgflow.sampling.mpi import world
 
     comm, rank, size = world()
     t0 = time.perf_counter()
     bias = BiasGrid.load(bias_path) if bias_path else None
+    settings = HillSettings.from_campaign(campaign) if hills else None
+    layer = Hills(bias if bias is not None else zero_bias(campaign), settings) if settings else None
     starts = None
     if starts_path:
         with np.load(starts_path) as data:
             starts = data["positions"]
-    frames, platform = sample_round(campaign, round_index, out_dir, rank, size, bias, starts, steps)
+    frames, platform = sample_round(campaign, round_index, out_dir, rank, size, bias, starts, steps, layer, comm)
     if comm is not None:
         gathered = comm.gather((frames, platform), root=0)
         if rank != 0:
@@ -197,6 +220,7 @@ def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None
         "ranks": size,
         "fg_steps": campaign.sampling.walkers * ((steps or campaign.sampling.steps) + campaign.sampling.equilibration),
         "bias": str(bias_path) if bias_path else None,
+        "hills": str(Path(out_dir) / HILLS_FILE) if layer is not None else None,
         "md_wall_s": sum(f.wall_s for f in frames),
         "wall_s": time.perf_counter() - t0,
         "versions": package_versions(),
@@ -206,6 +230,8 @@ def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None
         write_trajectories(system.build(), frames, out_dir / "traj", campaign.sampling.timestep)
     if campaign.records_forces:
         write_forces(frames, out_dir / "forces.npz")
+    if layer is not None:
+        layer.save(out_dir / HILLS_FILE, campaign.sampling.equilibration)
     write_parquet(table, out_dir / "samples.parquet", provenance)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
     log.info("wrote %s: %d frames of %d walkers on %s", out_dir / "samples.parquet", len(table),

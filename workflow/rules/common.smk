@@ -32,7 +32,9 @@ def applied_bias(k):
 def round_hash(wildcards):
     """Hash of the config a round's jobs depend on: rules take the config file as ancient() and
     rerun on this, so analysis-only edits keep every round and adding rounds keeps the earlier ones."""
-    return CAMPAIGN.stage_hash("sampling" if int(wildcards.round) == 0 and not CAMPAIGN.guidance.initial_bias else "guidance")
+    g = CAMPAIGN.guidance
+    plain = int(wildcards.round) == 0 and not g.initial_bias and not g.hills["height"]
+    return CAMPAIGN.stage_hash("sampling" if plain else "guidance")
 
 
 def round_inputs(wildcards):
@@ -157,4 +159,6 @@ def sample_outputs():
         out["traj"] = directory(f"{RESULTS}/round-{{round}}/traj")
     if CAMPAIGN.records_forces:
         out["forces"] = f"{RESULTS}/round-{{round}}/forces.npz"
+    if CAMPAIGN.guidance.hills["height"]:
+        out["hills"] = f"{RESULTS}/round-{{round}}/hills.npz"
     return out

@@ -1,0 +1,138 @@
+"""The hills layer within a round (cgflow.sampling.hills): well-tempered Gaussians on top of the
+CG bias, applied by OpenMM as they are deposited, resumed exactly after a kill, and reweighted
+with one thermodynamic state per deposition interval to the exact PMF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cgflow.config import ConfigError
+from cgflow.guidance.bias import FORCE_GROUP, BiasGrid
+from cgflow.sampling.engine import MDSettings, Replica
+from cgflow.sampling.hills import HillSettings, Hills, RoundStates
+
+KT = 2.494
+
+
+def _group_energy(context) -> float:
+    import openmm.unit as u
+
+    return context.getState(getEnergy=True, groups={FORCE_GROUP}).getPotentialEnergy().value_in_unit(
+        u.kilojoule_per_mole)
+
+
+def test_a_hill_is_tempered_by_the_whole_bias_and_wraps_periodic_cvs():
+    base = BiasGrid.zeros(("phi", "psi"), (-np.pi, -np.pi), (np.pi, np.pi), (True, True), 61)
+    lifted = BiasGrid(base.names, base.lower, base.upper, base.periodic, np.full(base.values.shape, 10.0))
+    settings = HillSettings(height=3.0, width=(0.3, 0.4), interval=100, gamma=6.0, kT=KT)
+    flat, high = Hills(base, settings), Hills(lifted, settings)
+    centre = np.array([[np.pi - 0.05, 0.5]])  # beside the periodic edge of phi
+    flat.deposit(centre)
+    high.deposit(centre)
+    peak = flat.values.max()
+    assert peak == pytest.approx(3.0, rel=0.02)  # the grid's nearest point is within 0.05 rad
+    assert high.values.max() / peak == pytest.approx(np.exp(-10.0 / (5 * KT)), rel=1e-9)
+    # the Gaussian continues across phi = +-pi; the grid stays periodic (BiasGrid checks it)
+    H = flat.total()
+    at = lambda phi, psi: float(H(np.array([[phi, psi]]))[0])  # noqa: E731
+    assert at(-np.pi + 0.05, 0.5) == pytest.approx(3.0 * np.exp(-0.5 * (0.1 / 0.3) ** 2), rel=0.02)
+    assert at(-np.pi + 0.05, 0.5 + 0.4) == pytest.approx(at(-np.pi + 0.05, 0.5) * np.exp(-0.5), rel=0.02)
+    # a second hill at the same place is tempered by the first
+    flat.deposit(centre)
+    second = flat.history[2] - flat.history[1]
+    assert second.max() / peak == pytest.approx(np.exp(-at(np.pi - 0.05, 0.5) / (5 * KT)), rel=0.02)
+
+
+def test_openmm_applies_the_grid_set_during_a_run(tmp_path):
+    from cgflow.systems.alanine import AlanineDipeptide
+    from cgflow.systems.toy import ToySystem, CV
+
+    settings = MDSettings(300.0, 0.002, 1.0, 100, 0, 10, 100)
+    rng = np.random.default_rng(3)
+    toy = ToySystem("x^2 + y^2", (CV("x", "x"),), {"x": (-2, 2), "y": (-2, 2)})
+    ala = AlanineDipeptide("vacuum")
+    cases = [(toy, 5, toy.initial_positions(5) + rng.uniform(-1, 1, size=(5, 3)),
+              BiasGrid.zeros(("x",), (-2.0,), (2.0,), (False,), 41)),
+             (ala, 1, ala.initial_positions(),
+              BiasGrid.zeros(("phi", "psi"), (-np.pi, -np.pi), (np.pi, np.pi), (True, True), 31))]
+    for k, (system, n, start, zero) in enumerate(cases):
+        replica = Replica(system, list(range(n)), settings, "Reference", {}, 1, tmp_path / str(k), zero, start)
+        replica.advance(30)
+        assert _group_energy(replica.context) == 0.0
+        hills = Hills(zero, HillSettings(4.0, (0.5,) * len(zero.names), 10, 8.0, KT))
+        hills.deposit(replica.cv())
+        replica.set_bias(hills.total())
+        expected = hills.total()(replica.cv()).sum()
+        assert expected > 0.5
+        assert _group_energy(replica.context) == pytest.approx(expected, rel=1e-8)
+        replica.advance(40)  # the frames saved from now on record the new bias
+        assert replica.buffer["bias"][-1].sum() == pytest.approx(_group_energy(replica.context), rel=1e-8)
+
+
+HILLS_RUN = {"walkers": 8, "steps": 4000, "report_interval": 50, "checkpoint_interval": 1000,
+             "equilibration": 100, "platform": "Reference"}
+
+
+def test_a_round_with_hills_rolled_back_after_a_kill_gives_the_uninterrupted_output(campaign, tmp_path):
+    from cgflow.sampling.round import sample_round, zero_bias
+
+    c = campaign(system={"type": "toy", "potential": "double_well_2d"}, sampling=HILLS_RUN,
+                 guidance={"hills": {"height": 2.0, "interval": 600}})
+    layer = lambda: Hills(zero_bias(c), HillSettings.from_campaign(c))  # noqa: E731
+    whole = layer()
+    frames, _ = sample_round(c, 0, tmp_path, hills=whole)
+    work = tmp_path / ".work" / "rank-000-of-001"
+    # killed after the replica wrote its chunk at step 3000 but before H was checkpointed there:
+    # the restart must roll the replica back to step 2000, where both were saved
+    (work / "hills-0000003000.npz").unlink()
+    (work / "hills-0000004100.npz").unlink()
+    (work / "replica-00000" / "chunk-0000004100.npz").unlink()
+    again = layer()
+    resumed, _ = sample_round(c, 0, tmp_path, hills=again)
+    for a, b in zip(frames, resumed):
+        np.testing.assert_array_equal(a.step, b.step)
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    assert len(again.history) == len(whole.history) == 7  # deposits at 600, ..., 3600 of 4100 steps
+    np.testing.assert_array_equal(again.values, whole.values)
+    assert whole.values.max() > 10.0
+
+
+def test_hills_need_a_tram_transition_per_interval(campaign):
+    # frames every 100 steps, TRAM's lag 1 ps = 500 steps
+    with pytest.raises(ConfigError, match="guidance.hills.interval: 599 steps"):
+        campaign(guidance={"hills": {"height": 1.0, "interval": 599}})
+    assert campaign(guidance={"hills": {"height": 1.0, "interval": 600}}).guidance.hills["interval"] == 600
+    assert campaign(guidance={"hills": {"height": 1.0, "interval": 100}, "estimator": "mbar"})
+    assert HillSettings.from_campaign(campaign()) is None  # off by default
+
+
+def test_a_round_with_hills_reweighted_per_interval_gives_the_exact_pmf(campaign, tmp_path):
+    """The 2-D double well (10 kT barrier along x), all walkers started in the left well: in one
+    round the hills carry them over, and with one state per deposition interval the frames give
+    the exact PMF by TRAM. (MBAR over the same states gives 0.37 kT: the bias moves faster
+    than the walkers relax.)"""
+    from cgflow.analysis.campaign import cv_edges
+    from cgflow.analysis.fes import compare_to_reference, histogram_fes
+    from cgflow.analysis.reweight import campaign_weights
+    from cgflow.sampling.round import run
+
+    c = campaign(system={"type": "toy", "potential": "double_well_2d", "start": {"x": -1.0, "y": 0.0}},
+                 sampling={"walkers": 32, "steps": 24000, "report_interval": 50, "equilibration": 500},
+                 guidance={"hills": {"height": 1.5, "interval": 1000}},
+                 analysis={"bins": 40})
+    df = pd.read_parquet(run(c, 0, tmp_path, hills=True)).assign(round=0)
+    states = RoundStates.load(tmp_path / "hills.npz")
+    assert len(states.grids) == 25 and (df.x > 0.8).mean() > 0.2  # crossed
+    edges = cv_edges(c)
+    exact = c.system.build().reference_fes(edges, c.sampling.temperature)
+
+    def rmse(weights):
+        fes = histogram_fes(df[["x"]].to_numpy(), edges, c.sampling.kT, weights=weights, n_bootstrap=2)
+        return compare_to_reference(fes, exact, c.sampling.kT, 6.0)
+
+    score = rmse(campaign_weights(c, df, [states]).weights)
+    assert score["coverage"] == 1.0
+    assert score["rmse_kT"] < 0.25, score
