@@ -148,7 +148,6 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     from cgflow.analysis.campaign import read_samples
     from cgflow.guidance.bias import BiasGrid
     from cgflow.io import write_parquet
-
     from cgflow.sampling.hills import RoundStates
 
     df, provenance = read_samples(sample_paths)

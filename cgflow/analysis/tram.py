@@ -201,7 +201,7 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     inside = np.empty_like(connected)
     inside[order] = connected
     result = Reweighting(weights, f_k - f_k[0], n_k, kish(weights), ess_round, None, inside)
-    log.info("TRAM over %d rounds, %d Markov states: f_k = %s kT, ESS %.0f of %d frames", n_states, len(used),
+    log.info("TRAM over %d thermodynamic states, %d Markov states: f_k = %s kT, ESS %.0f of %d frames", n_states, len(used),
              np.round(result.f_k, 3), result.ess, len(weights))
     if not connected.all():
         log.info("%d frames outside TRAM's connected set (per round %s) weighted by MBAR: %.3g of the weight",

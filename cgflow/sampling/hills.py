@@ -11,7 +11,9 @@ round deposit Gaussians every ``interval`` steps at their CVs into one grid H th
 
 tempered by the whole bias: where the CG bias already fills to the well-tempered level the
 layer adds little, where it is missing the layer builds it within the round. H starts at zero
-every round; the next round's CG bias learns from what the hills let the walkers find.
+every round; the next round's CG bias learns from what the hills let the walkers find, and where
+the CG ensemble is not trusted yet (a basin found late in the round) the next bias keeps the one
+this round ended with (cgflow.guidance.campaign), so the basin does not turn back into a pit.
 
 Between two depositions the bias V_cg + H_j is fixed, so each deposition interval j of a
 round is a thermodynamic state of its own for the reweighting (TRAM or MBAR), as a round is
