@@ -36,7 +36,10 @@ SYSTEMS = {
     # Müller-Brown along x: short rounds (2000 steps = 4 ps), so round 0 alone does not reach
     # the target and the bias is updated often; scored every 32k FG steps (half a round) for
     # every method. 5000-step rounds needed 520k FG steps, these 192-288k over seeds 1-2 (unbiased
-    # 224k; metadynamics 288k first hit, never below for good on seed 1; 2026-12-02)
+    # 224k; metadynamics 288k first hit, never below for good on seed 1; 2026-12-02). Seed 1 on
+    # 2026-12-03 (944a707): 416k, unbiased 224k, metadynamics 288k, so the rounds are chaotic in
+    # small changes of the code too; frames every 10 steps instead of 50 also gave 416k: unlike
+    # alanine's, this FES is not limited by the number of frames
     "mb": {
         "campaign": "bench-mb", "seed": 1,
         "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
@@ -62,7 +65,7 @@ SYSTEMS = {
         "analysis": {"bins": 40, "peers": ["unbiased", "metadynamics"], "budget_points": 2},
     },
     # alanine dipeptide in vacuum, (phi, psi), against the shipped long-metadynamics reference.
-    # 16 rounds of 12.5k steps; a cell is trusted from 2 frames (0.5 ps apart) so the frontier
+    # 16 rounds of 12.5k steps; a cell is trusted after 1 ps of visits (below) so the frontier
     # climbs the ~15 kT barrier to the alpha_L basin (phi > 0) in rounds, not in a round each
     # few kT; TRAM on 16 Markov bins per CV: its fixed-point iteration, linear and slow once a
     # basin hangs on a few transitions, converges ~9x faster than on 32 (0.7 kT on alpha_L
@@ -73,11 +76,18 @@ SYSTEMS = {
     # walkers below the filled basins. Final RMSE 0.45 kT on seeds 1 and 2 (1.07 kT before), bias
     # error down to 0.26 kT; on seed 1 each change alone did worse (2400 steps: 2.0 kT; e1 = 6: 0.81 kT,
     # alpha_L never found) (2026-12-03)
+    # Frames every 50 steps (0.1 ps), not 250: the FES is a histogram of the frames, and at 0.5 ps
+    # its noise was the floor (the final 6400 frames halved: 0.45 -> 0.73 kT). The same FG steps
+    # then give 5x the frames, and a cell is trusted after the same 1 ps of visits (min_frames 10,
+    # the default, against 2). Seed 1: 0.63 kT at round 4 (1.15 before), below 1 kJ/mol from
+    # round 9 (1.08M FG steps) to the end (0.23 kT; 0.5 ps frames never got below 0.45), bias
+    # error 0.16 kT; seed 2: 0.32 kT at round 9. alpha_L is entered in round 6-7 either way, and
+    # the rounds after it are off by ~2.5 kT until walkers return from it (2026-12-03)
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
-        "sampling": {"walkers": 8, "steps": 12500, "report_interval": 250, "equilibration": 1000},
-        "guidance": {"rounds": 15, "train_steps": 2400, "e1": 6.0, "min_frames": 2, "markov_bins": 16},
+        "sampling": {"walkers": 8, "steps": 12500, "report_interval": 50, "equilibration": 1000},
+        "guidance": {"rounds": 15, "train_steps": 2400, "e1": 6.0, "markov_bins": 16},
         "analysis": {"bins": 36, "reference": "metadynamics_long", "rmse_cutoff_kT": 8.0,
                      "peers": ["unbiased", "metadynamics"], "budget_points": 1},
     },

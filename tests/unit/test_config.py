@@ -194,6 +194,19 @@ def test_the_examples_are_there_with_distinct_campaign_names():
     assert len(set(campaigns)) == len(campaigns)
 
 
+def test_the_benchmark_campaigns_are_valid_configs():
+    """bench-rounds runs for hours: a key or value the schema no longer takes must fail here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "tests" / "benchmarks" / "bench_rounds.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert set(bench.SYSTEMS) == {"mb", "dw2d", "alanine"}
+    for name, config in bench.SYSTEMS.items():
+        campaign = load_config(copy.deepcopy(config))
+        assert campaign.name == config["campaign"] and campaign.guidance.rounds > 0, name
+
+
 def test_defaults_are_filled():
     campaign = load_config(TOY)
     r = campaign.resolved
