@@ -143,6 +143,18 @@ def _free_energy(p: np.ndarray, vol: np.ndarray, kT: float) -> np.ndarray:
     return -kT * log_density
 
 
+def connected_share(cv: np.ndarray, edges, weights: np.ndarray, connected: np.ndarray) -> np.ndarray:
+    """Per bin, the share of its weight on samples inside TRAM's connected set; NaN where no weight
+    fell. A bin below one half rests mostly on frames whose weight no transition pins (see
+    :mod:`cgflow.analysis.tram`)."""
+    cv = np.asarray(cv, dtype=float).reshape(len(weights), -1)
+    connected = np.asarray(connected, dtype=bool)
+    total, _ = np.histogramdd(cv, bins=edges, weights=weights)
+    held, _ = np.histogramdd(cv[connected], bins=edges, weights=weights[connected])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, held / total, np.nan)
+
+
 def _sub_blocks(labels: np.ndarray) -> np.ndarray:
     """Block codes 0..B-1, with blocks split into contiguous pieces when there are fewer than MIN_BLOCKS."""
     uniq, codes = np.unique(labels, return_inverse=True)

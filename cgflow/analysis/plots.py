@@ -22,7 +22,9 @@ def plot_fes(frame, cv_names, path: str | os.PathLike, title: str = "") -> None:
     """Plot a :func:`~cgflow.analysis.fes.fes_frame`; its reference too when it has ``F_ref_kJmol``.
 
     1-D: F with a ±(bootstrap standard error) band, the reference dashed. 2-D: filled contours
-    of F, and beside it the reference and F − reference; empty (NaN) bins stay blank.
+    of F, and beside it the reference and F − reference; empty (NaN) bins stay blank. Bins whose
+    weight is mostly outside TRAM's connected set (``connected_share`` < 0.5) are crossed (1-D)
+    or hatched (2-D): their depth is not yet pinned by transitions.
     """
     cv_names = list(cv_names)
     if len(cv_names) == 1:
@@ -44,6 +46,9 @@ def _plot_fes_1d(frame, cv: str):
     ax = fig.add_subplot()
     ax.fill_between(x, F - err, F + err, color="C0", alpha=0.3, linewidth=0, label="± bootstrap s.e.")
     ax.plot(x, F, color="C0", marker=".", label="F")
+    outside = _outside_connected(rows)
+    if outside.any():
+        ax.plot(x[outside], F[outside], "x", color="C3", label=OUTSIDE_LABEL)
     if "F_ref_kJmol" in rows:
         ax.plot(x, rows["F_ref_kJmol"].to_numpy(dtype=float), "k--", label="reference")
     ax.set_xlabel(cv)
@@ -54,11 +59,13 @@ def _plot_fes_1d(frame, cv: str):
 
 def _plot_fes_2d(frame, cv_names: list[str]):
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
     from cgflow.analysis.fes import fes_from_frame
 
     fes = fes_from_frame(frame, cv_names)
+    outside = _outside_connected(frame.sort_values(cv_names, kind="stable")).reshape(fes.F.shape)
     panels = [("F", fes.F)]
     if "F_ref_kJmol" in frame:
         F_ref = fes_from_frame(frame, cv_names, "F_ref_kJmol").F
@@ -75,10 +82,24 @@ def _plot_fes_2d(frame, cv_names: list[str]):
             levels, cmap = MaxNLocator(20).tick_values(0.0, top), "viridis"
         filled = ax.contourf(x, y, np.ma.masked_invalid(Z).T, levels=levels, cmap=cmap)
         fig.colorbar(filled, ax=ax, label=f"{name} (kJ/mol)")
+        if name != "reference" and outside.any():
+            ax.contourf(x, y, outside.T.astype(float), levels=[0.5, 1.5], colors="none", hatches=["////"])
+            if k == 0:
+                ax.legend(handles=[Patch(facecolor="none", hatch="////", label=OUTSIDE_LABEL)], fontsize="small")
         ax.set_xlabel(cv_names[0])
         ax.set_ylabel(cv_names[1])
         ax.set_title(name)
     return fig
+
+
+OUTSIDE_LABEL = "outside TRAM's connected set"
+
+
+def _outside_connected(frame) -> np.ndarray:
+    """Per row: the bin's weight is mostly on frames outside TRAM's connected set."""
+    if "connected_share" not in frame:
+        return np.zeros(len(frame), dtype=bool)
+    return frame["connected_share"].to_numpy(dtype=float) < 0.5
 
 
 def plot_cv_histogram(samples, cv_names, path: str | os.PathLike, bins: int = 60) -> None:

@@ -1,6 +1,13 @@
-"""The campaign's final results: fes.csv (MBAR over all rounds, beside the CG model's own free
+"""The campaign's final results: fes.csv (all rounds reweighted, beside the CG model's own free
 energy and the reference), summary.json (headline figures, per-round diagnostics,
-convergence, provenance) and the plots."""
+convergence, provenance) and the plots.
+
+Where walkers crossed into a region but no transition has yet brought one back (or the
+reverse), TRAM cannot place it and its frames carry MBAR's weights, which rest on each round
+having been in equilibrium under its bias: a basin found late comes out too high, because the
+earlier rounds that could have entered it and did not count against it (alanine's C7ax: +6 to +7 kT
+for the three rounds after it was found). Such bins are reported, not hidden:
+``connected_share`` in fes.csv, ``bins_outside_connected`` in summary.json, hatched on the plot."""
 
 from __future__ import annotations
 
@@ -12,22 +19,27 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.analysis.campaign import cv_edges, read_samples
-from cgflow.analysis.fes import compare_to_reference, fes_frame, histogram_fes, read_fes_csv, write_fes_csv
+from cgflow.analysis.fes import (compare_to_reference, connected_share, fes_frame, histogram_fes, read_fes_csv,
+                                 write_fes_csv)
 from cgflow.io import package_versions, read_provenance, write_json
 
 log = logging.getLogger(__name__)
 
 
 def round_fes(campaign, df, weights_path: Path):
-    """The MBAR FES from the frames and weights of one round's weights.parquet."""
+    """The FES from the frames and weights of one round's weights.parquet, and per bin the share
+    of its weight on frames inside TRAM's connected set (NaN where no weight fell; all 1 for MBAR
+    and for weights files written before the ``connected`` column)."""
     from cgflow.analysis.reweight import attach_weights
 
     names = list(campaign.system.cv_names)
     part = attach_weights(df[df["round"].isin(_rounds_in(weights_path))], weights_path)
+    cv, w, edges = part[names].to_numpy(), part["weight"].to_numpy(), cv_edges(campaign)
     blocks = part["round"].to_numpy() * (campaign.sampling.walkers + 1) + part["walker"].to_numpy()
-    return histogram_fes(part[names].to_numpy(), cv_edges(campaign), campaign.sampling.kT,
-                         weights=part["weight"].to_numpy(), blocks=blocks,
-                         n_bootstrap=campaign.analysis.bootstrap, seed=campaign.seed)
+    fes = histogram_fes(cv, edges, campaign.sampling.kT, weights=w, blocks=blocks,
+                        n_bootstrap=campaign.analysis.bootstrap, seed=campaign.seed)
+    inside = part["connected"].to_numpy(dtype=bool) if "connected" in part else np.ones(len(part), dtype=bool)
+    return fes, connected_share(cv, edges, w, inside)
 
 
 def _rounds_in(weights_path: Path) -> list[int]:
@@ -61,19 +73,21 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     kT, cutoff = campaign.sampling.kT, campaign.analysis.rmse_cutoff_kT
     df, prov = read_samples(samples)
     ref = read_fes_csv(reference, names) if reference else None
-    per_round = [round_fes(campaign, df, w) for w in weights]
-    fes = per_round[-1]
+    per_round, shares = zip(*[round_fes(campaign, df, w) for w in weights])
+    fes, share = per_round[-1], shares[-1]
     frame = fes_frame(fes, names, ref)
     F_cg = cg_fes(campaign, model)
     frame.insert(frame.columns.get_loc("F_err_kJmol") + 1, "F_cg_kJmol", F_cg.ravel())
+    frame.insert(frame.columns.get_loc("F_cg_kJmol") + 1, "connected_share", share.ravel())
     write_fes_csv(frame, out)
 
     rounds = []
-    for k, (w, fk) in enumerate(zip(weights, per_round)):
+    for k, (w, fk, sk) in enumerate(zip(weights, per_round, shares)):
         meta = read_provenance(w)
         entry = {"round": k, "fg_steps": int(sum(p["fg_steps"] for p in prov[: k + 1])),
                  "estimator": meta.get("estimator", "mbar"), "ess": meta["ess"],
                  "ess_per_round": meta["ess_per_round"], "mbar_overlap": meta["overlap"],
+                 "bins_outside_connected": _outside(sk),
                  "fes_change_kT": None if k == 0 else _change(fk, per_round[k - 1], kT, cutoff)}
         if ref is not None:
             entry["rmse_vs_reference_kT"] = compare_to_reference(fk, ref, kT, cutoff)["rmse_kT"]
@@ -95,6 +109,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
         "fg_steps_total": int(sum(p["fg_steps"] for p in prov)),
         "n_frames": len(df),
         "platforms": sorted({p["platform"] for p in prov}),
+        "bins_outside_connected": rounds[-1]["bins_outside_connected"],
     }
     if ref is not None:
         cmp = compare_to_reference(fes, ref, kT, cutoff)
@@ -109,8 +124,20 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     result["provenance"] = {"config_hash": campaign.hash, "seed": campaign.seed,
                             "versions": package_versions(), "rounds": prov}
     write_json(summary, result)
+    if result["bins_outside_connected"]:
+        log.warning("%d FES bins hold mostly frames outside TRAM's connected set (no walker has crossed "
+                    "back): their depth rests on MBAR's equilibrium assumption alone, which puts a basin found "
+                    "late too high; more rounds connect them (connected_share in %s)",
+                    result["bins_outside_connected"], out.name)
     log.info("FES: rmse vs reference %s kT (CG model %s kT), coverage %s", result["rmse_vs_reference_kT"],
              result["cg_rmse_vs_reference_kT"], result["reference_coverage"])
+
+
+def _outside(share) -> int:
+    """Bins whose weight is mostly on frames outside TRAM's connected set. Not only those below the
+    RMSE cutoff: MBAR may have pushed them above it."""
+    with np.errstate(invalid="ignore"):
+        return int(np.sum(share < 0.5))
 
 
 def _change(fes, previous, kT: float, cutoff: float) -> float:

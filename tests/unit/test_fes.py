@@ -192,3 +192,22 @@ def test_single_correlated_walker_gets_block_errors():
     ratio = np.mean(np.array(reported)[:, core], axis=0) / actual
     assert 0.5 < np.median(ratio) < 2.0
     assert np.median(np.mean(np.array(naive)[:, core], axis=0) / actual) < 0.45
+
+
+def test_the_fes_plot_hatches_the_bins_outside_the_connected_set():
+    """Hatched on F and on F − reference, where the error shows; not on the reference, which has none."""
+    from cgflow.analysis.plots import _plot_fes_2d
+
+    x, y = np.meshgrid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10), indexing="ij")
+    F = 5.0 * (x**2 + y**2)
+    frame = fes_frame(FES(edges=(np.linspace(-1.1, 1.1, 13), np.linspace(-1.1, 1.1, 11)), F=F,
+                          F_err=np.zeros_like(F)), ["x", "y"], F)
+    frame["connected_share"] = np.where(frame["x"] > 0.5, 0.1, 1.0)
+
+    def hatched(fig):
+        panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        return [any(any(getattr(c, "hatches", None) or [None]) for c in ax.collections) for ax in panels]
+
+    assert hatched(_plot_fes_2d(frame, ["x", "y"])) == [True, False, True]
+    frame["connected_share"] = 1.0
+    assert hatched(_plot_fes_2d(frame, ["x", "y"])) == [False, False, False]

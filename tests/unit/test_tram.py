@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cgflow.analysis.fes import connected_share
 from cgflow.analysis.reweight import mbar_weights
 from cgflow.analysis import tram
 from cgflow.analysis.tram import markov_states, outside_log_weights, tram_weights
@@ -154,6 +155,22 @@ def test_tram_weighs_a_well_crossed_one_way(tilt, lower, upper, seed):
     assert estimate == pytest.approx(exact, abs=0.2)
     assert rmse_kT(frames, tram.weights, pmf) < 0.35
     assert tram.weights.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tilt, lower, upper, seed", [(1.5 * KT, -1.2, 2.0, 0), (1.5 * KT, -2.0, 1.2, 2)])
+def test_the_fes_marks_the_well_crossed_one_way(tilt, lower, upper, seed):
+    """``connected_share`` (fes.csv's column, hatched on the plot) is below one half in exactly the
+    bins of the well outside TRAM's connected set: B when B has the fewer Markov cells, A when A does."""
+    frames, biases, _ = one_way_crossing(tilt, seed)
+    tram = tram_weights(frames, ["x"], biases, KT, [lower], [upper], 8)
+    x = frames["x"].to_numpy()
+    edges = [np.linspace(-1.6, 1.6, 33)]
+    share = connected_share(x, edges, tram.weights, tram.connected)
+    centres = 0.5 * (edges[0][1:] + edges[0][:-1])
+    outside_well = centres < 0 if lower > -1.6 else centres >= 0
+    visited = np.isfinite(share)
+    assert visited[outside_well].sum() > 5 and visited[~outside_well].sum() > 5
+    assert np.all(share[visited & outside_well] < 0.5) and np.all(share[visited & ~outside_well] > 0.5)
 
 
 def langevin(x0, scale, steps, rng, dt=0.002, friction=1.0, every=50):

@@ -72,6 +72,7 @@ def test_rounds_recover_the_exact_pmf_and_unbiased_md_does_not(campaign_run):
     kT = summary["kT_kJmol"]
     low = fes["F_ref_kJmol"] < 6 * kT
     assert (fes.loc[low & (fes.x < 0), "F_kJmol"].notna()).all() and (fes.loc[low & (fes.x > 0), "F_kJmol"].notna()).all()
+    assert (fes.loc[low, "connected_share"] > 0.5).all() and summary["bins_outside_connected"] == 0
     gaps = [r["gap_cg_vs_policy_kT"] for r in summary["per_round"][:-1]]
     assert all(np.isfinite(gaps)) and gaps[-1] < 1.0
     assert (results / "plots" / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -63,7 +63,7 @@ def test_tiny_campaign_end_to_end(tmp_path, cli_env):
     assert summary["provenance"]["versions"]["openmm"]
 
     fes = pd.read_csv(results / "fes.csv")
-    assert list(fes.columns) == ["x", "F_kJmol", "F_err_kJmol", "F_cg_kJmol", "F_ref_kJmol"]
+    assert list(fes.columns) == ["x", "F_kJmol", "F_err_kJmol", "F_cg_kJmol", "connected_share", "F_ref_kJmol"]
     assert len(fes) == 30 and fes.F_kJmol.min() == 0.0
     for name in ("fes", "cv_histogram", "walker_traces"):
         assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
