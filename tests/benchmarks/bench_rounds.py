@@ -105,8 +105,11 @@ def run_campaign(name: str, where: Path) -> dict:
                          capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{name}: campaign failed\n{out.stderr[-3000:]}")
-    result = json.loads((where / "results" / SYSTEMS[name]["campaign"] / "convergence.json").read_text())
+    results = where / "results" / SYSTEMS[name]["campaign"]
+    result = json.loads((results / "convergence.json").read_text())
     result["wall_s"] = time.perf_counter() - t0
+    summary = json.loads((results / "summary.json").read_text())
+    result["outside_connected"] = [[r["round"], r["bins_outside_connected"]] for r in summary["per_round"]]
     return result
 
 
@@ -126,6 +129,9 @@ def table(name: str, conv: dict) -> list[str]:
     shares = conv["cgflow"].get("on_target_share") or []
     lines.append("  cgflow frames where the FES is scored (reference below the RMSE cutoff), by round: "
                  + " ".join(f"{k}:{s:.2f}" for k, s in shares))
+    outside = conv.get("outside_connected") or []
+    lines.append("  cgflow FES bins outside TRAM's connected set (a basin no walker has left yet; its depth is "
+                 "MBAR's guess), by round: " + " ".join(f"{k}:{n}" for k, n in outside))
     for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
         for peer, goal in (("unbiased", 0.1), ("metadynamics", 0.7)):
             mine, theirs = conv["cgflow"].get(key), conv[peer].get(key)
