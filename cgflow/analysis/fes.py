@@ -155,6 +155,12 @@ def connected_share(cv: np.ndarray, edges, weights: np.ndarray, connected: np.nd
         return np.where(total > 0, held / total, np.nan)
 
 
+def mostly_outside(share: np.ndarray) -> np.ndarray:
+    """Bins (of a :func:`connected_share`) whose weight is mostly outside TRAM's connected set."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(share, dtype=float) < 0.5
+
+
 def _sub_blocks(labels: np.ndarray) -> np.ndarray:
     """Block codes 0..B-1, with blocks split into contiguous pieces when there are fewer than MIN_BLOCKS."""
     uniq, codes = np.unique(labels, return_inverse=True)

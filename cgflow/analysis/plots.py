@@ -16,6 +16,7 @@ from cgflow.io import atomic_path
 
 DPI = 120
 F_LABEL = "F (kJ/mol)"
+OUTSIDE_LABEL = "outside TRAM's connected set"
 
 
 def plot_fes(frame, cv_names, path: str | os.PathLike, title: str = "") -> None:
@@ -92,14 +93,13 @@ def _plot_fes_2d(frame, cv_names: list[str]):
     return fig
 
 
-OUTSIDE_LABEL = "outside TRAM's connected set"
-
-
 def _outside_connected(frame) -> np.ndarray:
-    """Per row: the bin's weight is mostly on frames outside TRAM's connected set."""
+    """Per row of a FES frame: :func:`~cgflow.analysis.fes.mostly_outside` (none without ``connected_share``)."""
+    from cgflow.analysis.fes import mostly_outside
+
     if "connected_share" not in frame:
         return np.zeros(len(frame), dtype=bool)
-    return frame["connected_share"].to_numpy(dtype=float) < 0.5
+    return mostly_outside(frame["connected_share"].to_numpy(dtype=float))
 
 
 def plot_cv_histogram(samples, cv_names, path: str | os.PathLike, bins: int = 60) -> None:

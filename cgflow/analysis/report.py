@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.analysis.campaign import cv_edges, read_samples
-from cgflow.analysis.fes import (compare_to_reference, connected_share, fes_frame, histogram_fes, read_fes_csv,
-                                 write_fes_csv)
+from cgflow.analysis.fes import (compare_to_reference, connected_share, fes_frame, histogram_fes, mostly_outside,
+                                 read_fes_csv, write_fes_csv)
 from cgflow.io import package_versions, read_provenance, write_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
         entry = {"round": k, "fg_steps": int(sum(p["fg_steps"] for p in prov[: k + 1])),
                  "estimator": meta.get("estimator", "mbar"), "ess": meta["ess"],
                  "ess_per_round": meta["ess_per_round"], "mbar_overlap": meta["overlap"],
-                 "bins_outside_connected": _outside(sk),
+                 "bins_outside_connected": int(mostly_outside(sk).sum()),
                  "fes_change_kT": None if k == 0 else _change(fk, per_round[k - 1], kT, cutoff)}
         if ref is not None:
             entry["rmse_vs_reference_kT"] = compare_to_reference(fk, ref, kT, cutoff)["rmse_kT"]
@@ -131,13 +131,6 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
                     result["bins_outside_connected"], out.name)
     log.info("FES: rmse vs reference %s kT (CG model %s kT), coverage %s", result["rmse_vs_reference_kT"],
              result["cg_rmse_vs_reference_kT"], result["reference_coverage"])
-
-
-def _outside(share) -> int:
-    """Bins whose weight is mostly on frames outside TRAM's connected set. Not only those below the
-    RMSE cutoff: MBAR may have pushed them above it."""
-    with np.errstate(invalid="ignore"):
-        return int(np.sum(share < 0.5))
 
 
 def _change(fes, previous, kT: float, cutoff: float) -> float:

@@ -211,3 +211,14 @@ def test_the_fes_plot_hatches_the_bins_outside_the_connected_set():
     assert hatched(_plot_fes_2d(frame, ["x", "y"])) == [True, False, True]
     frame["connected_share"] = 1.0
     assert hatched(_plot_fes_2d(frame, ["x", "y"])) == [False, False, False]
+
+
+def test_the_1d_fes_plot_crosses_the_bins_outside_the_connected_set():
+    from cgflow.analysis.plots import OUTSIDE_LABEL, _plot_fes_1d
+
+    edges = np.linspace(-1.05, 1.05, 21)
+    x = 0.5 * (edges[1:] + edges[:-1])
+    frame = fes_frame(FES(edges=(edges,), F=5.0 * x**2, F_err=np.zeros(20)), ["x"])
+    frame["connected_share"] = np.where(x < -0.5, 0.0, 1.0)
+    crossed = [line for line in _plot_fes_1d(frame, "x").axes[0].lines if line.get_label() == OUTSIDE_LABEL]
+    assert len(crossed) == 1 and np.allclose(crossed[0].get_xdata(), x[x < -0.5])
