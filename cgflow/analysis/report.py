@@ -5,7 +5,7 @@ convergence, provenance) and the plots.
 Where walkers crossed into a region but no transition has yet brought one back (or the
 reverse), TRAM cannot place it and its frames carry MBAR's weights, which rest on each round
 having been in equilibrium under its bias: a basin found late comes out too high, because the
-earlier rounds that could have entered it and did not count against it (alanine's C7ax: +6 to +7 kT
+earlier rounds that could have entered it and did not count against it (alanine's C7ax: about +7 kT
 for the three rounds after it was found). Such bins are reported, not hidden:
 ``connected_share`` in fes.csv, ``bins_outside_connected`` in summary.json, hatched on the plot."""
 
