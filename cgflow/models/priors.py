@@ -121,7 +121,7 @@ class Prior(torch.nn.Module):
         if len(self.dihedrals):
             phi = dihedral_angles(x, self.dihedrals)
             m = self.dih.shape[1] // 2
-            n = torch.arange(1, m + 1, dtype=x.dtype)
+            n = torch.arange(1, m + 1, dtype=x.dtype, device=x.device)
             e = e + (self.dih[:, :m] * torch.cos(phi[..., None] * n)).sum((-1, -2)) \
                   + (self.dih[:, m:] * torch.sin(phi[..., None] * n)).sum((-1, -2))
             dev = torch.atan2(torch.sin(phi - self.d0), torch.cos(phi - self.d0))

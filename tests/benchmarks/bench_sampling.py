@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Sampling throughput of cgflow's OpenMM set-ups, measured side by side in one process.
 
-* Toy walkers (Müller-Brown) as particles of one Context: walker-steps/s for 1, 64 and 1024
-  walkers on Reference and CPU (Threads=1), and the 1024/1 ratio that justifies sharing a Context.
+* Toy walkers (Müller-Brown) as particles of one Context: walker-steps/s for 1 to 16384
+  walkers on Reference, CPU (Threads=1) and a usable GPU platform (CUDA, OpenCL), and the
+  16384/1 ratio that justifies sharing a Context.
 * Alanine dipeptide (vacuum, OBC2): steps/s and ns/day at 2 fs on CPU (Threads=1) pinned to one
-  core vs unpinned, and on Reference.
+  core vs unpinned, on Reference, and on the GPU platform when there is one.
 
 Each number is the median of 3 timings of >= ~1 s (adaptive step count), each on a fresh Context
 after a warm-up (where the scheduler puts an unpinned worker thread varies per Context); every
@@ -20,7 +21,7 @@ import os
 import statistics
 import time
 
-TOY_WALKERS = (1, 64, 1024)
+TOY_WALKERS = (1, 64, 1024, 16384)
 TIMESTEP = 0.002  # ps
 TEMPERATURE = 300.0  # K
 
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
 
     from cgflow.io import write_json
     from cgflow.sampling.engine import MDSettings, make_context
-    from cgflow.sampling.platform import pin_to_free_core, platform_properties
+    from cgflow.sampling.platform import available_platforms, pin_to_free_core, platform_properties
     from cgflow.systems.alanine import AlanineDipeptide
     from cgflow.systems.toy import BUILTINS, CV, ToySystem
 
@@ -101,17 +102,31 @@ def main(argv=None) -> None:
 
     mb = BUILTINS["muller_brown"]
     toy_system = ToySystem(mb.energy, tuple(CV(c, c) for c in mb.cv), mb.box)
+
+    def usable(platform: str) -> bool:
+        try:
+            make_context(toy_system, 1, settings, platform, {})
+            return True
+        except Exception as exc:  # built in, but no device
+            print(f"{platform}: present but unusable ({exc})")
+            return False
+
+    gpus = [p for p in ("CUDA", "OpenCL") if p in available_platforms() and usable(p)][:1]
+    machine["gpu_platform"] = gpus[0] if gpus else None
+    if gpus:
+        print(f"GPU platform: {gpus[0]} (default device)\n")
     toy = {}
     print("Toy walkers in one Context (Müller-Brown), walker-steps/s, pinned")
-    print(f"{'platform':<10}" + "".join(f"{f'{n} walkers':>14}" for n in TOY_WALKERS) + f"{'1024/1':>9}")
-    for platform in ("Reference", "CPU"):
+    print(f"{'platform':<10}" + "".join(f"{f'{n} walkers':>14}" for n in TOY_WALKERS) + f"{'16384/1':>9}")
+    for platform in ("Reference", "CPU", *gpus):
         rates = {n: n * statistics.median(measure(toy_system, n, platform, pinned)) for n in TOY_WALKERS}
         ratio = rates[TOY_WALKERS[-1]] / rates[1]
-        toy[platform] = {"walker_steps_per_s": {str(n): r for n, r in rates.items()}, "ratio_1024_1": ratio}
+        toy[platform] = {"walker_steps_per_s": {str(n): r for n, r in rates.items()}, "ratio_16384_1": ratio}
         print(f"{platform:<10}" + "".join(f"{r:14.4g}" for r in rates.values()) + f"{ratio:9.1f}")
 
     ns_day = TIMESTEP * 86400 / 1000  # ns/day per step/s
-    cases = {"CPU pinned": ("CPU", pinned), "CPU unpinned": ("CPU", full_mask), "Reference": ("Reference", pinned)}
+    cases = {"CPU pinned": ("CPU", pinned), "CPU unpinned": ("CPU", full_mask), "Reference": ("Reference", pinned),
+             **{p: (p, pinned) for p in gpus}}
     alanine, spread = {}, {}
     print(f"\nAlanine dipeptide, steps/s (ns/day at {TIMESTEP * 1000:g} fs), CPU Threads=1")
     print(f"{'solvent':<8}" + "".join(f"{c:>20}" for c in cases) + f"{'pinned/unpinned':>17}")

@@ -1,0 +1,49 @@
+"""``platform: auto`` takes the platform with the most steps/s on the real system and skips
+GPU platforms that are built in but have no device."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cgflow.sampling import platform as plat
+
+
+class _FakeIntegrator:
+    def __init__(self, seconds_per_step: float):
+        self.seconds_per_step = seconds_per_step
+
+    def step(self, n: int) -> None:
+        time.sleep(n * self.seconds_per_step)
+
+
+class _FakeContext:
+    def getState(self, **_):
+        return None
+
+
+def _chooser(seconds_per_step: dict, unusable=()):
+    def make_context(name):
+        if name in unusable:
+            raise RuntimeError("No compatible CUDA device is available")
+        return _FakeContext(), _FakeIntegrator(seconds_per_step[name])
+
+    return make_context
+
+
+@pytest.mark.parametrize("speeds, unusable, expected", [
+    ({"CUDA": 2e-5, "CPU": 1e-3, "Reference": 1e-4}, (), "CUDA"),
+    ({"CUDA": 5e-4, "CPU": 1e-3, "Reference": 1e-4}, (), "Reference"),  # a tiny molecule: the GPU loses
+    ({"CUDA": 1e-6, "CPU": 1e-4, "Reference": 5e-4}, ("CUDA",), "CPU"),
+])
+def test_auto_takes_the_fastest_usable_platform(monkeypatch, speeds, unusable, expected):
+    monkeypatch.setattr(plat, "available_platforms", lambda: list(speeds))
+    assert plat.choose_platform("auto", _chooser(speeds, unusable), trial_steps=100) == expected
+
+
+def test_a_named_platform_is_taken_as_is_or_refused_with_what_is_available(monkeypatch):
+    monkeypatch.setattr(plat, "available_platforms", lambda: ["Reference", "CPU"])
+    assert plat.choose_platform("CPU", _chooser({})) == "CPU"
+    with pytest.raises(RuntimeError, match="'CUDA' is not available here; available: Reference, CPU"):
+        plat.choose_platform("CUDA", _chooser({}))
