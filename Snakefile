@@ -33,6 +33,14 @@ include: "workflow/rules/cg.smk"
 include: "workflow/rules/ccg.smk"
 
 
+# Seconds-long bookkeeping runs where Snakemake runs: on a cluster, a job of its own would wait
+# in the queue for longer than it takes.
+localrules:
+    all,
+    campaign_config,
+    plots,
+
+
 rule all:
     default_target: True
     input:

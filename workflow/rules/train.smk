@@ -1,4 +1,4 @@
-"""Reweighting of all rounds so far (MBAR) and the CG model ensemble of each round."""
+"""Reweighting of all rounds so far (TRAM or MBAR) and the CG model ensemble of each round."""
 
 
 rule reweight:
@@ -17,7 +17,7 @@ rule reweight:
     conda:
         ENV
     message:
-        "MBAR weights of rounds 0..{wildcards.round}"
+        "Frame weights of rounds 0..{wildcards.round} ({CAMPAIGN.guidance.estimator})"
     shell:
         "cgflow reweight --config {input.config} --samples {input.samples} --biases {params.biases} "
         "--out {output} > {log} 2>&1"
