@@ -274,7 +274,8 @@ def fes_from_frame(frame, cv_names, column: str = "F_kJmol") -> FES:
         F_err = rows["F_err_kJmol"].to_numpy(dtype=float).reshape(shape)
     else:
         F_err = np.full(shape, np.nan)
-    return FES(edges=tuple(_edges_from_centres(a) for a in axes), F=F - np.nanmin(F), F_err=F_err)
+    shifted = F - np.nanmin(F) if np.isfinite(F).any() else F  # all NaN: nothing trusted to shift by
+    return FES(edges=tuple(_edges_from_centres(a) for a in axes), F=shifted, F_err=F_err)
 
 
 def read_fes_csv(path: str | os.PathLike, cv_names, column: str = "F_kJmol") -> FES:

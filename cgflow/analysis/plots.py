@@ -71,7 +71,7 @@ def _plot_fes_2d(frame, cv_names: list[str]):
     if "F_ref_kJmol" in frame:
         F_ref = fes_from_frame(frame, cv_names, "F_ref_kJmol").F
         panels += [("reference", F_ref), ("F − reference", fes.F - F_ref)]
-    top = max(np.nanmax(F) for _, F in panels[:2])
+    top = max((np.nanmax(F) for _, F in panels[:2] if np.isfinite(F).any()), default=1.0)
     fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
     x, y = fes.centers
     for k, (name, Z) in enumerate(panels):

@@ -26,7 +26,7 @@ class _FakeContext:
 def _chooser(seconds_per_step: dict, unusable=()):
     def make_context(name):
         if name in unusable:
-            raise RuntimeError("No compatible CUDA device is available")
+            raise RuntimeError(f"{name}: no usable device")
         return _FakeContext(), _FakeIntegrator(seconds_per_step[name])
 
     return make_context
@@ -47,3 +47,9 @@ def test_a_named_platform_is_taken_as_is_or_refused_with_what_is_available(monke
     assert plat.choose_platform("CPU", _chooser({})) == "CPU"
     with pytest.raises(RuntimeError, match="'CUDA' is not available here; available: Reference, CPU"):
         plat.choose_platform("CUDA", _chooser({}))
+
+
+def test_a_failing_cpu_platform_is_an_error_not_a_skip(monkeypatch):
+    monkeypatch.setattr(plat, "available_platforms", lambda: ["CPU", "Reference"])
+    with pytest.raises(RuntimeError, match="CPU: no usable device"):
+        plat.choose_platform("auto", _chooser({"Reference": 1e-4}, unusable=("CPU",)))
