@@ -15,13 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from cgflow.guidance.bias import FORCE_GROUP
-from cgflow.sampling.engine import MDSettings, make_context
+from cgflow.sampling.engine import make_context
 from tests.conftest import BIN
-from tests.unit.test_bias import _random_grid
+from tests.unit.test_bias import SETTINGS, _group_energy, _random_grid, check_alanine_periodic_bias
 
 pytestmark = pytest.mark.gpu
-SETTINGS = MDSettings(300.0, 0.002, 1.0, 100, 0, 10, 100)
 
 
 @lru_cache(maxsize=1)
@@ -50,14 +48,7 @@ def openmm_cuda():
         pytest.skip(reason)
 
 
-def _energy(context, groups=-1) -> float:
-    import openmm.unit as u
-
-    return context.getState(getEnergy=True, groups=groups).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-
-
 def test_cuda_bias_energy_matches_grid_interpolation(openmm_cuda):
-    from cgflow.systems.alanine import AlanineDipeptide
     from cgflow.systems.toy import CV, ToySystem
 
     toy = ToySystem("x^2 + y^2", (CV("s", "0.8*x - 0.6*y"), CV("y", "y")), {"x": (-2, 2), "y": (-2, 2)})
@@ -66,15 +57,8 @@ def test_cuda_bias_energy_matches_grid_interpolation(openmm_cuda):
     pos = np.random.default_rng(1).uniform(-2.6, 2.6, size=(64, 3))
     context, _ = make_context(toy, len(pos), SETTINGS, "CUDA", {}, bias=grid, positions=pos)
     # single precision on the GPU: ~1e-6 relative per walker
-    assert _energy(context, {FORCE_GROUP}) == pytest.approx(grid(toy.cv_values(pos)).sum(), rel=1e-5, abs=1e-3)
-
-    ala = AlanineDipeptide("vacuum")
-    periodic = _random_grid(("phi", "psi"), (-np.pi, -np.pi), (np.pi, np.pi), (True, True), 25)
-    rng = np.random.default_rng(2)
-    for _ in range(5):
-        x = ala.initial_positions() + rng.normal(scale=0.03, size=(22, 3))
-        context, _ = make_context(ala, 1, SETTINGS, "CUDA", {}, bias=periodic, positions=x)
-        assert _energy(context, {FORCE_GROUP}) == pytest.approx(periodic(ala.cv_values(x[None]))[0], abs=1e-3)
+    assert _group_energy(context) == pytest.approx(grid(toy.cv_values(pos)).sum(), rel=1e-5, abs=1e-3)
+    check_alanine_periodic_bias("CUDA", 1e-3)
 
 
 def test_cuda_alanine_energy_and_forces_match_reference(openmm_cuda):
