@@ -1,5 +1,5 @@
 """The shipped profiles: the SLURM profile parses, names only rules that exist, and plans the
-default campaign (dry run; the jobs themselves need a cluster)."""
+default campaign with one group job per round (dry run; the jobs themselves need a cluster)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,6 @@ def test_slurm_profile_plans_the_default_campaign(tmp_path, cli_env):
                          capture_output=True, text=True, env=cli_env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sample" in out.stdout and "train" in out.stdout
+    # one sbatch job per round for its reweight, train and guide (the profile's groups)
+    rounds = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["guidance"]["rounds"]
+    assert sorted(re.findall(r"Group job (round\d\d)", out.stdout)) == [f"round{k:02d}" for k in range(rounds + 1)]
