@@ -177,8 +177,12 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     # CVs alone, nearly constant within a cell, so rounds visiting the same cell overlap there
     # (deeptime's post_hoc_RE check assumes one trajectory per thermodynamic state)
     in_tram_dtrajs = [d for d, c in zip(dtrajs, counted) if c]
-    keep = TransitionCountEstimator(lagtime=lagtime, count_mode="sliding").fit_fetch(in_tram_dtrajs).submodel_largest(
-        directed=True).state_symbols
+    counts = TransitionCountEstimator(lagtime=lagtime, count_mode="sliding").fit_fetch(in_tram_dtrajs)
+    # a Markov state visited for less than one lag in all gives TRAM transitions that say little
+    # of its own weight, and TRAM may hand its few frames most of the weight (ESS 4 of 2880
+    # alanine frames, from two cells of 1-2 frames each): such states are left to MBAR, as outside
+    visited = np.flatnonzero(counts.state_histogram >= lagtime)
+    keep = counts.submodel(visited).submodel_largest(directed=True).state_symbols
     with warnings.catch_warnings():
         # a round whose every walker is outside (or cut short) is linked by its bias energies alone
         warnings.filterwarnings("ignore", message="No transitions for thermodynamic state")

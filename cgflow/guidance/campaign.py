@@ -64,8 +64,12 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     trust_grid = trust(eps_grid, g.e0, g.e1) * support_grid
     trust_data = trust(eps_data, g.e0, g.e1) * support(cv)
     if not trust_grid.any():
+        from cgflow.analysis.reweight import kish
+
         raise RuntimeError(f"round {round_index}: the CG ensemble is trusted nowhere (eps >= guidance.e1 = "
-                           f"{g.e1} kJ/mol wherever there are FG frames); raise guidance.e1 or train longer")
+                           f"{g.e1} kJ/mol wherever there are FG frames); raise guidance.e1 or train longer. "
+                           f"The frame weights' ESS is {kish(df['weight'].to_numpy()):.0f} of {len(df)} frames: "
+                           "a handful of frames with most of the weight is a reweighting problem, not a training one")
 
     basis = Basis(lower, upper, periodic, g.bias_basis)
     policy = fit_policy(basis, cv, df["weight"].to_numpy(), trust_data, grid.points,

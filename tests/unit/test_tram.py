@@ -231,6 +231,26 @@ def test_a_round_shorter_than_the_lag_is_weighted_by_mbar():
     assert rmse_kT(frames, tram.weights) < 0.3
 
 
+def test_a_markov_state_visited_for_less_than_a_lag_is_weighted_by_mbar():
+    """Two rounds in equilibrium under their biases; one walker of the unbiased round jumps for
+    two frames to x = 2.2, 118 kT up the wall, a cell no other frame visits. Its transitions in
+    and out link the cell to the rest, but with less than a lag of visits they say nothing of its
+    weight: TRAM gave those two frames 3e-4 of the weight (alanine: ESS 4 of 2880 frames from two
+    such cells). Left out of TRAM, MBAR's equations give them their Boltzmann weight, ~1e-48."""
+    rng = np.random.default_rng(5)
+    walkers = 64
+    starts = np.where(rng.random(walkers) < 0.5, -1.0, 1.0)
+    rounds = [brownian(starts, 1 / GAMMA, 8000, rng), brownian(starts, 1.0, 8000, rng)]
+    rounds[1][80:82, int(np.argmax(rounds[1][80]))] = 2.2
+    frames = frame_table(rounds)
+    biases = [Bias(lambda x: -(1 - 1 / GAMMA) * potential(x)), None]
+    tram = tram_weights(frames, ["x"], biases, KT, [-2.4], [2.4], 48, lagtime=10)
+    jump = (frames["x"] == 2.2).to_numpy()
+    assert jump.sum() == 2 and not tram.connected[jump].any() and tram.connected[~jump].mean() > 0.95
+    assert tram.weights[jump].sum() < 1e-30
+    assert rmse_kT(frames, tram.weights) < 0.3
+
+
 def test_markov_states_cover_the_grid_in_c_order():
     cv = np.array([[-1.0, -1.0], [0.99, -1.0], [-1.0, 0.99], [5.0, 5.0]])
     assert markov_states(cv, [-1, -1], [1, 1], 4).tolist() == [0, 12, 3, 15]

@@ -120,3 +120,21 @@ def test_rounds_with_hills_recover_the_exact_pmf(tmp_path, cli_env):
             assert h["hills"].shape[0] == 8 and h["hills"][-1].max() > 5.0  # 7 depositions in 8000 steps
     weights = pd.read_parquet(results / "round-01" / "weights.parquet")
     assert (weights.groupby("round").size() == 16 * 80).all()
+
+
+def test_a_model_trusted_nowhere_stops_the_round_with_the_weights_ess(campaign_run, tmp_path):
+    """With e1 below any ensemble disagreement the bias would be off everywhere: the guide step
+    refuses, and names the frame weights' ESS, so a user can tell a reweighting collapse from an
+    undertrained model."""
+    from cgflow.config import load_config
+    from cgflow.guidance.campaign import guide_round
+
+    where, _, _ = campaign_run
+    results = where / "results" / "rounds"
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    config["guidance"] |= {"e0": 1e-9, "e1": 2e-9}
+    frames = len(pd.read_parquet(results / "round-00" / "samples.parquet"))  # unbiased: all weights equal
+    with pytest.raises(RuntimeError, match=rf"trusted nowhere .* ESS is {frames} of {frames} frames"):
+        guide_round(load_config(config), 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
+                    results / "round-00" / "weights.parquet", tmp_path / "bias.npz", tmp_path / "starts.npz",
+                    tmp_path / "guide.json")
