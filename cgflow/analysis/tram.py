@@ -178,11 +178,12 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     # (deeptime's post_hoc_RE check assumes one trajectory per thermodynamic state)
     in_tram_dtrajs = [d for d, c in zip(dtrajs, counted) if c]
     counts = TransitionCountEstimator(lagtime=lagtime, count_mode="sliding").fit_fetch(in_tram_dtrajs)
-    # a Markov state visited for less than one lag in all gives TRAM transitions that say little
-    # of its own weight, and TRAM may hand its few frames most of the weight (ESS 4 of 2880
-    # alanine frames, from two cells of 1-2 frames each): such states are left to MBAR, as outside
-    visited = np.flatnonzero(counts.state_histogram >= lagtime)
-    keep = counts.submodel(visited).submodel_largest(directed=True).state_symbols
+    keep = counts.submodel_largest(directed=True).state_symbols
+    # a Markov state visited for less than one lag in all (a saddle crossed quickly) links its
+    # neighbours through its transitions, but they say little of its own weight, and TRAM may
+    # hand its few frames most of it (ESS 4 of 2880 alanine frames, from two cells of 1-2 frames
+    # each): it stays in TRAM, and its frames are weighted as the outside ones
+    brief = np.flatnonzero(counts.state_histogram < lagtime)
     with warnings.catch_warnings():
         # a round whose every walker is outside (or cut short) is linked by its bias energies alone
         warnings.filterwarnings("ignore", message="No transitions for thermodynamic state")
@@ -192,7 +193,8 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     log_w = np.full(len(cv), -np.inf)
     log_w[in_tram] = np.concatenate(model.compute_sample_weights_log(dataset.dtrajs, dataset.bias_matrices))
     connected = np.zeros(len(cv), dtype=bool)
-    connected[in_tram] = np.concatenate(dataset.dtrajs) >= 0
+    in_keep = np.concatenate(dataset.dtrajs)
+    connected[in_tram] = (in_keep >= 0) & ~np.isin(in_keep, brief)
     if not connected.all():
         log_w[~connected] = outside_log_weights(log_w, connected, u, rounds, n_states)
     w_sorted = np.exp(log_w - log_w.max())

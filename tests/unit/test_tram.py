@@ -236,7 +236,8 @@ def test_a_markov_state_visited_for_less_than_a_lag_is_weighted_by_mbar():
     two frames to x = 2.2, 118 kT up the wall, a cell no other frame visits. Its transitions in
     and out link the cell to the rest, but with less than a lag of visits they say nothing of its
     weight: TRAM gave those two frames 3e-4 of the weight (alanine: ESS 4 of 2880 frames from two
-    such cells). Left out of TRAM, MBAR's equations give them their Boltzmann weight, ~1e-48."""
+    such cells). Weighted as the outside frames, by MBAR's equations, they get their Boltzmann
+    weight, ~1e-48."""
     rng = np.random.default_rng(5)
     walkers = 64
     starts = np.where(rng.random(walkers) < 0.5, -1.0, 1.0)
