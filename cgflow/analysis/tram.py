@@ -193,8 +193,8 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     log_w = np.full(len(cv), -np.inf)
     log_w[in_tram] = np.concatenate(model.compute_sample_weights_log(dataset.dtrajs, dataset.bias_matrices))
     connected = np.zeros(len(cv), dtype=bool)
-    in_keep = np.concatenate(dataset.dtrajs)
-    connected[in_tram] = (in_keep >= 0) & ~np.isin(in_keep, brief)
+    kept_states = np.concatenate(dataset.dtrajs)  # -1: outside the connected set
+    connected[in_tram] = (kept_states >= 0) & ~np.isin(kept_states, brief)
     if not connected.all():
         log_w[~connected] = outside_log_weights(log_w, connected, u, rounds, n_states)
     w_sorted = np.exp(log_w - log_w.max())
