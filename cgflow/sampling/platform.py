@@ -19,6 +19,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+GPU_PLATFORMS = ("CUDA", "OpenCL")
+"""OpenMM platforms that run on a GPU device (``DeviceIndex``), tried before the CPU ones."""
+
 _held_lock = None  # the core lock stays open (held) for the life of the process
 
 
@@ -97,7 +100,7 @@ def platform_properties(name: str, device_index: int | None = None, threads: int
     """Properties for ``openmm.Context``: one CPU thread, or the GPU this rank owns."""
     if name == "CPU":
         return {"Threads": str(threads)}
-    if name in ("CUDA", "OpenCL") and device_index is not None:
+    if name in GPU_PLATFORMS and device_index is not None:
         return {"DeviceIndex": str(device_index)}
     return {}
 
@@ -111,14 +114,14 @@ def choose_platform(requested: str, make_context, trial_steps: int = 200) -> str
             raise RuntimeError(f"OpenMM platform {requested!r} is not available here; available: {', '.join(names)}")
         return requested
     timings = {}
-    for name in ("CUDA", "OpenCL", "CPU", "Reference"):
+    for name in (*GPU_PLATFORMS, "CPU", "Reference"):
         if name not in names:
             continue
         try:
             context, integrator = make_context(name)
             integrator.step(10)
         except Exception as exc:
-            if name not in ("CUDA", "OpenCL"):
+            if name not in GPU_PLATFORMS:
                 raise
             log.info("platform %s is built in but has no usable device: %s", name, exc)
             continue

@@ -24,8 +24,8 @@ import numpy as np
 
 from cgflow.io import package_versions, write_parquet
 from cgflow.sampling.engine import MDSettings, ReplicaFrames, make_context, open_workdir, replica_seed, replicas, run_replica
-from cgflow.sampling.platform import (choose_platform, cpu_threads, gpu_device, pin_to_free_core,
-                                      platform_properties)
+from cgflow.sampling.platform import (GPU_PLATFORMS, choose_platform, cpu_threads, gpu_device,
+                                      pin_to_free_core, platform_properties)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
 
     platform = open_workdir(workdir, job, choose)
     # counting GPUs may import torch (~1 s): only a GPU platform needs the device index
-    device = gpu_device() if platform in ("CUDA", "OpenCL") else None
+    device = gpu_device() if platform in GPU_PLATFORMS else None
     properties = platform_properties(platform, device_index=device, threads=cpu_threads(pinned))
     log.info("rank %d of %d: walkers %d-%d on %s %s", rank, size, walkers[0], walkers[-1], platform, properties)
     progress = _Progress(len(walkers) * (settings.steps + settings.equilibration))

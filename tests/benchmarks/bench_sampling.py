@@ -64,7 +64,7 @@ def main(argv=None) -> None:
 
     from cgflow.io import write_json
     from cgflow.sampling.engine import MDSettings, make_context
-    from cgflow.sampling.platform import available_platforms, pin_to_free_core, platform_properties
+    from cgflow.sampling.platform import GPU_PLATFORMS, available_platforms, pin_to_free_core, platform_properties
     from cgflow.systems.alanine import AlanineDipeptide
     from cgflow.systems.toy import BUILTINS, CV, ToySystem
 
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
             print(f"{platform}: present but unusable ({exc})")
             return False
 
-    gpus = [p for p in ("CUDA", "OpenCL") if p in available_platforms() and usable(p)][:1]
+    gpus = [p for p in GPU_PLATFORMS if p in available_platforms() and usable(p)][:1]
     machine["gpu_platform"] = gpus[0] if gpus else None
     if gpus:
         print(f"GPU platform: {gpus[0]} (default device)\n")
