@@ -229,6 +229,7 @@ class GuidanceConfig:
     markov_bins: int
     markov_lag: float
     min_frames: int
+    overfill: float
     seed_fraction: float
     seed_cells: int  # resolved from 'auto'
     initial_bias: str | None = None

@@ -83,12 +83,13 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     # the cap: the well-tempered fill (1 - 1/gamma) of the free-energy range over the trusted
     # region (policy.fill). The range is the larger of the CG model's and the reweighted data's:
     # a smooth model trained on few barrier frames flattens the barriers, and a cap from it alone
-    # would leave them too high to cross
+    # would leave them too high to cross. guidance.overfill raises it: the range's top, the
+    # frontier, then keeps (1 - 1/gamma) overfill of bias, which drops to 0 across the frontier
     trusted = trust_grid >= 0.5
     if (sigma >= 0.5).any() and trusted.any():
         spread = max(float(np.ptp(F_grid[trusted])),
                      data_free_energy_range(cv, df["weight"].to_numpy(), lower, upper, g.min_frames, kT))
-        cap = (1 - 1 / g.gamma) * spread
+        cap = (1 - 1 / g.gamma) * (spread + g.overfill)
         applied = fill(V, sigma, cap)
     else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "

@@ -16,7 +16,9 @@ is V = -F - kT ln p_target + c. Omega is convex in a, so L-BFGS finds the minimu
 The applied bias is sigma(eps) clip(V - max V + cap, 0, cap), the maximum over the trusted
 region and cap = (1 - 1/gamma) times its free-energy range: it fills the known basins from their
 bottoms, is zero toward the frontier of what the model knows, and so pushes walkers there to
-explore freely beyond it.
+explore freely beyond it. ``guidance.overfill`` adds to that range, so the frontier keeps
+(1 - 1/gamma) overfill of bias and the walkers meet the unknown that much lower: on alanine the
+frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round.
 """
 
 from __future__ import annotations
@@ -99,8 +101,11 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     CG model then puts the suppressed side many kT up, the bias leaves it unfilled, and the
     walkers are trapped on one side. Level, the bias fills both, the walkers cross back, which
     connects the two and gives TRAM the true depth; the final FES always uses the unbiased
-    weights. Only cells of at least ``min_frames`` outside frames (SUPPORT_BINS per CV) set the
-    level: a few stray frames do not."""
+    weights. Only the frames in cells of at least ``min_frames`` outside frames (SUPPORT_BINS per
+    CV) set the level and are levelled. The others keep their weight: they are a few frames each
+    in a cell crossed quickly or visited briefly (a saddle crossed on the way in, a Markov state
+    visited for less than TRAM's lag), and levelled by the basin's factor (~1e4 on alanine) they
+    became deep wells to the CG model, and its bias walled the saddle off against the return."""
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
@@ -113,9 +118,13 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     if not held.any() or mass_in.max() <= 0:
         return weights
     factor = float(mass_in.max() / mass_out[held].max())
-    out = np.where(connected, weights, weights * factor)
-    log.info("frames outside TRAM's connected set weighted %.3g-fold for guidance (%.3g -> %.3g of the weight)",
-             factor, weights[~connected].sum() / weights.sum(), out[~connected].sum() / out.sum())
+    cell = tuple(np.clip(np.searchsorted(e, cv[:, i], side="right") - 1, 0, SUPPORT_BINS - 1)
+                 for i, e in enumerate(edges))
+    levelled = ~connected & held[cell]
+    out = np.where(levelled, weights * factor, weights)
+    log.info("%d of the %d frames outside TRAM's connected set weighted %.3g-fold for guidance (%.3g -> %.3g "
+             "of the weight)", levelled.sum(), (~connected).sum(), factor, weights[~connected].sum() / weights.sum(),
+             out[~connected].sum() / out.sum())
     return out / out.sum()
 
 

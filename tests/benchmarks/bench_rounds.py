@@ -86,8 +86,8 @@ SYSTEMS = {
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
-        "sampling": {"walkers": 8, "steps": 12500, "report_interval": 50, "equilibration": 1000},
-        "guidance": {"rounds": 15, "train_steps": 2400, "e1": 6.0, "markov_bins": 16},
+        "sampling": {"walkers": 8, "steps": 4000, "report_interval": 50, "equilibration": 250},
+        "guidance": {"rounds": 22, "train_steps": 2400, "e1": 6.0, "markov_bins": 16, "overfill": 10.0},
         "analysis": {"bins": 36, "reference": "metadynamics_long", "rmse_cutoff_kT": 8.0,
                      "peers": ["unbiased", "metadynamics"], "budget_points": 1},
     },

@@ -90,6 +90,34 @@ def test_levelling_puts_a_basin_cut_off_from_tram_at_the_deepest_level_keeping_i
     assert levelled_weights(cv, weights, ~stray, (-2.0,), (2.0,), 10) is weights
 
 
+def test_levelling_leaves_the_frames_of_briefly_visited_cells_at_their_weight():
+    """Beside a basin cut off from TRAM (x > 0, its weight cut 1000-fold), 3 frames in each of a
+    dozen cells of the other well are outside too (Markov states visited for less than TRAM's lag,
+    or a saddle crossed on the way in). Levelled by the basin's factor they would be 1000-fold
+    deep spikes in the learning weights; they keep their weight, and the basin is levelled."""
+    grid = np.linspace(-2, 2, 4001)
+    p = np.exp(-free_energy(grid) / KT)
+    rng = np.random.default_rng(3)
+    cv = rng.choice(grid, size=200000, p=p / p.sum())[:, None]
+    basin = cv[:, 0] > 0
+    edges = np.linspace(-2, 2, SUPPORT_BINS + 1)
+    cell = np.digitize(cv[:, 0], edges[1:-1])
+    brief = np.zeros(len(cv), bool)
+    for c in range(2, 14):  # the left well's cells
+        brief[np.flatnonzero(cell == c)[:3]] = True
+    weights = np.where(basin, 1e-3, 1.0)
+    weights /= weights.sum()
+    level = levelled_weights(cv, weights, ~(basin | brief), (-2.0,), (2.0,), 10)
+    ratio = level / weights
+    assert np.allclose(ratio[brief], ratio[~basin & ~brief][0]) and np.allclose(ratio[~basin], ratio[~basin][0])
+    held = basin & (np.bincount(cell[basin], minlength=SUPPORT_BINS)[cell] >= 10)
+    assert held.sum() > 0.99 * basin.sum()  # all but the basin's rim, a few frames a cell, take the level
+    assert np.allclose(ratio[held], ratio[held][0]) and ratio[held][0] / ratio[~basin][0] > 100
+    with np.errstate(divide="ignore"):
+        F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=level)[0])
+    assert F[edges[:-1] >= 0].min() / KT == pytest.approx(F[edges[1:] <= 0].min() / KT, abs=0.01)
+
+
 @pytest.mark.parametrize("gamma", [4.0, 8.0])
 def test_the_bias_fills_basins_and_barrier_to_the_well_tempered_level_despite_an_edge_dip(gamma):
     """V = -(1 - 1/gamma) F on a 10 kT double well, trusted for |x| < 1.4, with a 5 kT dip near the

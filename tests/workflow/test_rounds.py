@@ -138,3 +138,33 @@ def test_a_model_trusted_nowhere_stops_the_round_with_the_weights_ess(campaign_r
         guide_round(load_config(config), 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
                     results / "round-00" / "weights.parquet", tmp_path / "bias.npz", tmp_path / "starts.npz",
                     tmp_path / "guide.json")
+
+
+def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(campaign_run, tmp_path):
+    """guidance.overfill adds to the free-energy range the bias fills: the bias at the bottom of
+    the filled basin rises by (1 - 1/gamma) overfill, nowhere falls, and where no walker has been
+    (the right basin, after round 0 of the 10 kT double well) stays 0, so the bias now drops by
+    up to that much across the frontier."""
+    from cgflow.config import load_config
+    from cgflow.guidance.bias import BiasGrid
+    from cgflow.guidance.campaign import guide_round
+
+    where, _, _ = campaign_run
+    results = where / "results" / "rounds"
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    biases = {}
+    for overfill in (0.0, 5.0):
+        config["guidance"]["overfill"] = overfill
+        out = tmp_path / f"{overfill}"
+        out.mkdir()
+        campaign = load_config(config)
+        guide_round(campaign, 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
+                    results / "round-00" / "weights.parquet", out / "bias.npz", out / "starts.npz", out / "guide.json")
+        biases[overfill] = BiasGrid.load(out / "bias.npz")
+    plain, lifted = biases[0.0], biases[5.0]
+    x = plain.points[:, 0].reshape(plain.values.shape)
+    assert lifted.values.max() - plain.values.max() == pytest.approx((1 - 1 / campaign.guidance.gamma) * 5.0, abs=1e-6)
+    assert np.all(lifted.values >= plain.values - 1e-9)
+    assert np.all(lifted.values[x > 0.5] == 0) and np.all(plain.values[x > 0.5] == 0)
+    frontier = (plain.values == 0) & (lifted.values > 0)  # trusted, but at the top of the filled range
+    assert frontier.any()
