@@ -83,6 +83,12 @@ SYSTEMS = {
     # round 9 (1.08M FG steps) to the end (0.23 kT; 0.5 ps frames never got below 0.45), bias
     # error 0.16 kT; seed 2: 0.32 kT at round 9. alpha_L is entered in round 6-7 either way, and
     # the rounds after it are off by ~2.5 kT until walkers return from it (2026-12-03)
+    # 4000-step rounds (34k FG steps a round with equilibration) and guidance.overfill 10 kJ/mol
+    # (2026-12-04): with the well-tempered fill alone the frontier climbed the 15 kT phi ~ 0 saddle
+    # by ~1 kT a round and first crossed at 476k / 510k FG steps (seeds 1 / 2; 756k with 12.5k-step
+    # rounds); with the overfill at 204k / 272k. 2000-step rounds, or gamma 10 with min_frames 3,
+    # did not cross sooner. After the crossing the walkers came back (TRAM connected, 0.53 kT) 4
+    # rounds later on seed 1 once the levelling left a saddle's few frames alone (policy.levelled_weights)
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},

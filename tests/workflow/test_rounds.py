@@ -143,8 +143,8 @@ def test_a_model_trusted_nowhere_stops_the_round_with_the_weights_ess(campaign_r
 def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(campaign_run, tmp_path):
     """guidance.overfill adds to the free-energy range the bias fills: the bias at the bottom of
     the filled basin rises by (1 - 1/gamma) overfill, nowhere falls, and where no walker has been
-    (the right basin, after round 0 of the 10 kT double well) stays 0, so the bias now drops by
-    up to that much across the frontier."""
+    (x < 0, the basin beyond the 10 kT barrier, after the unbiased round 0 started at x ~ 1)
+    stays 0, so the bias now drops by up to that much across the frontier."""
     from cgflow.config import load_config
     from cgflow.guidance.bias import BiasGrid
     from cgflow.guidance.campaign import guide_round
@@ -165,6 +165,6 @@ def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(cam
     x = plain.points[:, 0].reshape(plain.values.shape)
     assert lifted.values.max() - plain.values.max() == pytest.approx((1 - 1 / campaign.guidance.gamma) * 5.0, abs=1e-6)
     assert np.all(lifted.values >= plain.values - 1e-9)
-    assert np.all(lifted.values[x > 0.5] == 0) and np.all(plain.values[x > 0.5] == 0)
+    assert np.all(lifted.values[x < 0] == 0) and np.all(plain.values[x < 0] == 0)
     frontier = (plain.values == 0) & (lifted.values > 0)  # trusted, but at the top of the filled range
     assert frontier.any()
