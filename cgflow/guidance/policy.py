@@ -104,8 +104,10 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     weights. Only the frames in cells of at least ``min_frames`` outside frames (SUPPORT_BINS per
     CV) set the level and are levelled. The others keep their weight: they are a few frames each
     in a cell crossed quickly or visited briefly (a saddle crossed on the way in, a Markov state
-    visited for less than TRAM's lag), and levelled by the basin's factor (~1e4 on alanine) they
-    became deep wells to the CG model, and its bias walled the saddle off against the return."""
+    visited for less than TRAM's lag); levelled by the basin's factor (~1e4 on alanine) they would
+    be deep wells to the CG model, and its bias would wall off the saddle the walkers return over."""
+    from cgflow.analysis.tram import markov_states
+
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
@@ -118,9 +120,7 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     if not held.any() or mass_in.max() <= 0:
         return weights
     factor = float(mass_in.max() / mass_out[held].max())
-    cell = tuple(np.clip(np.searchsorted(e, cv[:, i], side="right") - 1, 0, SUPPORT_BINS - 1)
-                 for i, e in enumerate(edges))
-    levelled = ~connected & held[cell]
+    levelled = ~connected & held.ravel()[markov_states(cv, lower, upper, SUPPORT_BINS)]
     out = np.where(levelled, weights * factor, weights)
     log.info("%d of the %d frames outside TRAM's connected set weighted %.3g-fold for guidance (%.3g -> %.3g "
              "of the weight)", levelled.sum(), (~connected).sum(), factor, weights[~connected].sum() / weights.sum(),
