@@ -88,7 +88,11 @@ SYSTEMS = {
     # by ~1 kT a round and first crossed at 476k / 510k FG steps (seeds 1 / 2; 756k with 12.5k-step
     # rounds); with the overfill at 204k / 272k. 2000-step rounds, or gamma 10 with min_frames 3,
     # did not cross sooner. After the crossing the walkers came back (TRAM connected, 0.53 kT) 4
-    # rounds later on seed 1 once the levelling left a saddle's few frames alone (policy.levelled_weights)
+    # rounds later on seed 1 once the levelling left a saddle's few frames alone (policy.levelled_weights).
+    # This config, seed 1, with peers (46ffdf9's code): cgflow never below 1 kJ/mol in 782k FG
+    # steps (0.43-0.57 kT from round 10, final 0.455), metadynamics 680k (final 0.337), unbiased
+    # never (0.904). The overfill keeps pushing after everything below the scoring cutoff is
+    # found: late rounds put only 2-20 % of their frames where the FES is scored
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
