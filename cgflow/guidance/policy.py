@@ -111,16 +111,15 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
-    edges = _support_edges(lower, upper)
-    cv = np.atleast_2d(cv)
-    mass_in, _ = np.histogramdd(cv[connected], bins=edges, weights=weights[connected])
-    mass_out, _ = np.histogramdd(cv[~connected], bins=edges, weights=weights[~connected])
-    count_out, _ = np.histogramdd(cv[~connected], bins=edges)
-    held = (count_out >= min_frames) & (mass_out > 0)
+    cell = markov_states(cv, lower, upper, SUPPORT_BINS)
+    n_cells = SUPPORT_BINS ** np.atleast_2d(cv).shape[1]
+    mass_in = np.bincount(cell[connected], weights=weights[connected], minlength=n_cells)
+    mass_out = np.bincount(cell[~connected], weights=weights[~connected], minlength=n_cells)
+    held = (np.bincount(cell[~connected], minlength=n_cells) >= min_frames) & (mass_out > 0)
     if not held.any() or mass_in.max() <= 0:
         return weights
     factor = float(mass_in.max() / mass_out[held].max())
-    levelled = ~connected & held.ravel()[markov_states(cv, lower, upper, SUPPORT_BINS)]
+    levelled = ~connected & held[cell]
     out = np.where(levelled, weights * factor, weights)
     log.info("%d of the %d frames outside TRAM's connected set weighted %.3g-fold for guidance (%.3g -> %.3g "
              "of the weight)", levelled.sum(), (~connected).sum(), factor, weights[~connected].sum() / weights.sum(),
