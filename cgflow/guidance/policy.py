@@ -18,7 +18,9 @@ region and cap = (1 - 1/gamma) times its free-energy range: it fills the known b
 bottoms, is zero toward the frontier of what the model knows, and so pushes walkers there to
 explore freely beyond it. ``guidance.overfill`` adds to that range, so the frontier keeps
 (1 - 1/gamma) overfill of bias and the walkers meet the unknown that much lower: on alanine the
-frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round.
+frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round. The overfill searches:
+it ends for good once the walkers hold a basin outside TRAM's connected set (``held_outside``),
+since from then on it would keep the walkers on a frontier far above the basins the FES is for.
 """
 
 from __future__ import annotations
@@ -87,6 +89,21 @@ def data_free_energy_range(cv: np.ndarray, weights: np.ndarray, lower, upper, mi
     return float(np.ptp(-kT * np.log(mass[held]))) if held.sum() > 1 else 0.0
 
 
+def held_outside(cv: np.ndarray, connected: np.ndarray, lower, upper, min_frames: int) -> np.ndarray:
+    """Which frames lie outside TRAM's connected set in a cell (SUPPORT_BINS per CV) that holds at
+    least ``min_frames`` of them: a basin the walkers crossed into, or out of, one way only. The
+    other outside frames are a few to a cell: a saddle crossed on the way, a Markov state visited
+    for less than TRAM's lag."""
+    from cgflow.analysis.tram import markov_states
+
+    outside = ~np.asarray(connected, dtype=bool)
+    if not outside.any():
+        return outside
+    cell = markov_states(cv, lower, upper, SUPPORT_BINS)
+    counts = np.bincount(cell[outside], minlength=SUPPORT_BINS ** np.atleast_2d(cv).shape[1])
+    return outside & (counts >= min_frames)[cell]
+
+
 def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray, lower, upper,
                      min_frames: int) -> np.ndarray:
     """The weights the CG model and the bias learn from: the unbiased ones, except that frames
@@ -101,25 +118,22 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     CG model then puts the suppressed side many kT up, the bias leaves it unfilled, and the
     walkers are trapped on one side. Level, the bias fills both, the walkers cross back, which
     connects the two and gives TRAM the true depth; the final FES always uses the unbiased
-    weights. Only the frames in cells of at least ``min_frames`` outside frames (SUPPORT_BINS per
-    CV) set the level and are levelled. The others keep their weight: they are a few frames each
-    in a cell crossed quickly or visited briefly (a saddle crossed on the way in, a Markov state
-    visited for less than TRAM's lag); levelled by the basin's factor (~1e4 on alanine) they would
-    be deep wells to the CG model, and its bias would wall off the saddle the walkers return over."""
+    weights. Only the ``held_outside`` frames set the level and are levelled. The other outside
+    frames keep their weight: levelled by the basin's factor (~1e4 on alanine) they would be deep
+    wells to the CG model, and its bias would wall off the saddle the walkers return over."""
     from cgflow.analysis.tram import markov_states
 
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
+    levelled = held_outside(cv, connected, lower, upper, min_frames)
     cell = markov_states(cv, lower, upper, SUPPORT_BINS)
     n_cells = SUPPORT_BINS ** np.atleast_2d(cv).shape[1]
     mass_in = np.bincount(cell[connected], weights=weights[connected], minlength=n_cells)
-    mass_out = np.bincount(cell[~connected], weights=weights[~connected], minlength=n_cells)
-    held = (np.bincount(cell[~connected], minlength=n_cells) >= min_frames) & (mass_out > 0)
-    if not held.any() or mass_in.max() <= 0:
+    mass_out = np.bincount(cell[levelled], weights=weights[levelled], minlength=n_cells)
+    if mass_out.max() <= 0 or mass_in.max() <= 0:
         return weights
-    factor = float(mass_in.max() / mass_out[held].max())
-    levelled = ~connected & held[cell]
+    factor = float(mass_in.max() / mass_out.max())
     out = np.where(levelled, weights * factor, weights)
     log.info("%d of the %d frames outside TRAM's connected set weighted %.3g-fold for guidance (%.3g -> %.3g "
              "of the weight)", levelled.sum(), (~connected).sum(), factor, weights[~connected].sum() / weights.sum(),

@@ -168,3 +168,46 @@ def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(cam
     assert np.all(lifted.values[x < 0] == 0) and np.all(plain.values[x < 0] == 0)
     frontier = (plain.values == 0) & (lifted.values > 0)  # trusted, but at the top of the filled range
     assert frontier.any()
+
+
+def test_overfill_ends_once_the_walkers_hold_a_basin_outside_trams_connected_set(campaign_run, tmp_path):
+    """The overfill searches for basins. With the fixture's round 0 every frame is in TRAM's
+    connected set and it lifts the bias; mark the frames at x > 1 (hundreds of frames a cell, a
+    held basin) as outside, and the round's guide says the overfill has ended and gives exactly
+    the bias of overfill 0. Once a round has said so, the next stays ended although all its frames
+    are connected."""
+    from cgflow.analysis.campaign import read_samples
+    from cgflow.analysis.reweight import attach_weights
+    from cgflow.config import load_config
+    from cgflow.guidance.bias import BiasGrid
+    from cgflow.guidance.campaign import guide_round
+
+    where, _, _ = campaign_run
+    round0 = where / "results" / "rounds" / "round-00"
+    config = yaml.safe_load((round0.parent / "config.yaml").read_text())
+    frames = attach_weights(read_samples([round0 / "samples.parquet"])[0], round0 / "weights.parquet")
+    x_name = load_config(config).system.cv_names[0]
+    assert frames["connected"].all()
+    held = tmp_path / "held.parquet"
+    frames.assign(connected=frames[x_name] <= 1.0)[["round", "walker", "step", "weight", "connected"]].to_parquet(held)
+    ended = tmp_path / "ended.json"
+    ended.write_text(json.dumps({"overfill_ended": True}))
+
+    def guide(overfill, weights, previous=None):
+        config["guidance"]["overfill"] = overfill
+        out = tmp_path / f"{overfill}-{weights.stem}-{previous is not None}"
+        out.mkdir()
+        guide_round(load_config(config), 0, round0 / "cg.pt", [round0 / "samples.parquet"], weights,
+                    out / "bias.npz", out / "starts.npz", out / "guide.json", previous)
+        return BiasGrid.load(out / "bias.npz").values, json.loads((out / "guide.json").read_text())
+
+    plain, _ = guide(0.0, round0 / "weights.parquet")
+    lifted, report = guide(5.0, round0 / "weights.parquet")
+    assert lifted.max() > plain.max() + 4 and report["overfill_kJmol"] == 5.0 and not report["overfill_ended"]
+    latched, report = guide(5.0, round0 / "weights.parquet", ended)
+    assert report["overfill_ended"] and report["overfill_kJmol"] == 0.0 and np.array_equal(latched, plain)
+
+    held_plain, _ = guide(0.0, held)
+    held_lifted, report = guide(5.0, held)
+    assert report["overfill_ended"] and report["overfill_kJmol"] == 0.0
+    assert np.array_equal(held_lifted, held_plain)
