@@ -68,8 +68,7 @@ def cmd_guide(args) -> None:
     from cgflow.guidance.campaign import guide_round
 
     guide_round(_campaign(args.config), args.round, Path(args.model), [Path(p) for p in args.samples],
-                Path(args.weights), Path(args.bias), Path(args.starts), Path(args.report),
-                Path(args.previous) if args.previous else None)
+                Path(args.weights), Path(args.bias), Path(args.starts), Path(args.report))
 
 
 def cmd_peer(args) -> None:
@@ -193,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias", required=True, help="bias.npz out")
     p.add_argument("--starts", required=True, help="starts.npz out")
     p.add_argument("--report", required=True, help="guide.json out (diagnostics)")
-    p.add_argument("--previous", help="round k-1's guide.json (none for round 0)")
     p.set_defaults(func=cmd_guide)
 
     p = sub.add_parser("peer", help="run a peer method (unbiased MD, metadynamics) with cgflow's FG step budget")

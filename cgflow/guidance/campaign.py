@@ -3,7 +3,6 @@ starts of round k+1, with the round's convergence diagnostics."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -43,27 +42,8 @@ def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
     return df
 
 
-def overfill_ended(df, campaign, previous_report: Path | None) -> bool:
-    """Whether guidance.overfill is over: the previous round's guide said so, or the walkers now
-    hold a basin outside TRAM's connected set (``policy.held_outside``). The overfill is for
-    finding basins; once one is entered, the levelling and the well-tempered fill bring the
-    walkers back and forth, and more overfill would only keep them on the frontier, high above
-    the basins."""
-    from cgflow.analysis.campaign import cv_domain
-
-    if previous_report is not None and json.loads(Path(previous_report).read_text()).get("overfill_ended"):
-        return True
-    if "connected" not in df:
-        return False
-    lower, upper, _ = cv_domain(campaign)
-    cv = df[list(campaign.system.cv_names)].to_numpy()
-    return bool(held_outside(cv, df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames).any())
-
-
 def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list[Path], weights_path: Path,
-                out_bias: Path, out_starts: Path, out_json: Path, previous_report: Path | None = None) -> None:
-    """Round k's bias and walker starts for round k+1; ``previous_report`` is round k-1's guide.json
-    (None for round 0)."""
+                out_bias: Path, out_starts: Path, out_json: Path) -> None:
     from cgflow.analysis.campaign import cv_domain
     from cgflow.models.cv_energy import load
     from cgflow.training.campaign import model_grid
@@ -77,8 +57,6 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
 
     df = learning_frames(campaign, sample_paths, weights_path)
     cv = df[names].to_numpy()
-    ended = overfill_ended(df, campaign, previous_report)
-    overfill = 0.0 if ended else g.overfill
     F_grid, eps_grid = ensemble_at(model, grid, kT, grid.points)
     F_grid -= F_grid.min()
     _, eps_data = ensemble_at(model, grid, kT, cv)
@@ -106,23 +84,23 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     # the cap: the well-tempered fill (1 - 1/gamma) of the free-energy range over the trusted
     # region (policy.fill). The range is the larger of the CG model's and the reweighted data's:
     # a smooth model trained on few barrier frames flattens the barriers, and a cap from it alone
-    # would leave them too high to cross. guidance.overfill raises it, until it ends: the range's
-    # top, the frontier, then keeps (1 - 1/gamma) overfill of bias, which drops to 0 across it
+    # would leave them too high to cross. guidance.overfill raises it: the range's top, the
+    # frontier, then keeps (1 - 1/gamma) overfill of bias, which drops to 0 across the frontier
     trusted = trust_grid >= 0.5
     if (sigma >= 0.5).any() and trusted.any():
         spread = max(float(np.ptp(F_grid[trusted])),
                      data_free_energy_range(cv, df["weight"].to_numpy(), lower, upper, g.min_frames, kT))
-        cap = (1 - 1 / g.gamma) * (spread + overfill)
+        cap = (1 - 1 / g.gamma) * (spread + g.overfill)
         applied = fill(V, sigma, cap)
     else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "
                     "unbiased (more frames per round, or a lower guidance.min_frames)", round_index)
         applied = np.zeros_like(V)
-    hills = Path(sample_paths[-1]).parent / HILLS_FILE
-    if campaign.guidance.hills["height"] and hills.is_file():
+    ended = Path(sample_paths[-1]).parent / HILLS_FILE
+    if campaign.guidance.hills["height"] and ended.is_file():
         # where the CG ensemble is not trusted yet, the bias the walkers built with hills in this
         # round stays: without it a basin found late in a round is a pit again in the next
-        applied = applied + (1 - sigma) * RoundStates.load(hills).grids[-1].values.ravel()
+        applied = applied + (1 - sigma) * RoundStates.load(ended).grids[-1].values.ravel()
     values = applied.reshape(bias.values.shape)
     for axis, p in enumerate(periodic):
         if p:
@@ -155,15 +133,17 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
         "policy_iterations": policy.iterations,
         "biased_ess": policy.biased_ess,
         "max_bias_kJmol": float(values.max()),
-        "overfill_kJmol": overfill,
-        "overfill_ended": ended,
+        # a basin entered (or left) one way only: from the round the walkers cross into it to the
+        # round TRAM connects it, its depth for guidance is the levelling's guess
+        "basin_outside": bool("connected" in df and held_outside(cv, df["connected"].to_numpy(), lower, upper,
+                                                                 g.min_frames).any()),
         "reseeded_walkers": int(seeded.sum()),
         "wall_s": time.perf_counter() - t0,
     }
     write_json(out_json, result)
-    log.info("round %d: bias up to %.1f kJ/mol (overfill %.1f) on %.0f%% of the CV domain, gap F_cg vs policy "
-             "%.3g kT, %d walkers re-seeded", round_index, result["max_bias_kJmol"], overfill,
-             100 * result["trusted_fraction"], gap if gap is not None else float("nan"), result["reseeded_walkers"])
+    log.info("round %d: bias up to %.1f kJ/mol on %.0f%% of the CV domain, gap F_cg vs policy %.3g kT, "
+             "%d walkers re-seeded", round_index, result["max_bias_kJmol"], 100 * result["trusted_fraction"],
+             gap if gap is not None else float("nan"), result["reseeded_walkers"])
 
 
 def _write_starts(campaign, round_index, df, eps, grid, target, out_starts, round_dir: Path):

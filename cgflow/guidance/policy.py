@@ -18,9 +18,7 @@ region and cap = (1 - 1/gamma) times its free-energy range: it fills the known b
 bottoms, is zero toward the frontier of what the model knows, and so pushes walkers there to
 explore freely beyond it. ``guidance.overfill`` adds to that range, so the frontier keeps
 (1 - 1/gamma) overfill of bias and the walkers meet the unknown that much lower: on alanine the
-frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round. The overfill searches:
-it ends for good once the walkers hold a basin outside TRAM's connected set (``held_outside``),
-since from then on it would keep the walkers on a frontier far above the basins the FES is for.
+frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round.
 """
 
 from __future__ import annotations

@@ -92,7 +92,14 @@ SYSTEMS = {
     # This config, seed 1, with peers (46ffdf9's code): cgflow never below 1 kJ/mol in 782k FG
     # steps (0.43-0.57 kT from round 10, final 0.455), metadynamics 680k (final 0.337), unbiased
     # never (0.904). The overfill keeps pushing after everything below the scoring cutoff is
-    # found: late rounds put only 2-20 % of their frames where the FES is scored
+    # found: late rounds put only 2-20 % of their frames where the FES is scored.
+    # Ending the overfill (2026-12-05, cgflow only, RMSE per round after the return to C7eq):
+    # ended on entering C7ax: seed 1 0.42 0.39 0.39 0.74 0.77 0.43 (476k FG steps first hit),
+    # seed 2 returned 2 rounds later than with it (round 15) and 0.76 1.04 0.64 0.63; ended once
+    # C7ax was connected again: seed 1 0.53 0.54 0.69 0.75 0.78 0.79, seed 2 0.49 0.65 0.55 0.47
+    # 0.46. Kept on, as here: seed 1 0.53 0.52 0.57 0.46 0.46 ..., seed 2 0.49 0.81 0.48 0.56. Not
+    # the schedule, then: C7ax's weight hangs on the 1-2 C7eq <-> C7ax transitions a round gives
+    # TRAM (seed 1: 0.033 at round 14, 0.0057 at 15 after one more, exact ~0.03)
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cgflow.guidance.policy import (SUPPORT_BINS, Basis, data_free_energy_range, data_support, fill, fit_policy,
-                                    levelled_weights, trust)
+                                    held_outside, levelled_weights, trust)
 from cgflow.guidance.seeding import cell_quotas, choose_starts, frontier_scores
 
 KT = 2.494
@@ -116,6 +116,19 @@ def test_levelling_leaves_the_frames_of_briefly_visited_cells_at_their_weight():
     with np.errstate(divide="ignore"):
         F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=level)[0])
     assert F[edges[:-1] >= 0].min() / KT == pytest.approx(F[edges[1:] <= 0].min() / KT, abs=0.01)
+
+
+def test_held_outside_is_the_outside_frames_of_cells_with_min_frames_of_them():
+    """Of the frames outside TRAM's connected set, those in a cell (1/32 of the range) with at
+    least min_frames (10) of them are a held basin; 9 alone in a cell are not, nor 8 beside 22
+    connected ones (counted over all frames, that cell would pass)."""
+    centre = lambda c: np.full(1, -2 + (c + 0.5) * 4 / SUPPORT_BINS)  # noqa: E731
+    cv = np.concatenate([np.repeat(centre(c), n) for c, n in ((5, 40), (20, 10), (21, 9), (22, 30))])[:, None]
+    connected = np.concatenate([np.ones(40, bool), np.zeros(10, bool), np.zeros(9, bool), np.arange(30) < 22])
+    held = held_outside(cv, connected, (-2.0,), (2.0,), 10)
+    assert np.array_equal(held, np.concatenate([np.zeros(40, bool), np.ones(10, bool), np.zeros(39, bool)]))
+    assert held_outside(cv, connected, (-2.0,), (2.0,), 11).sum() == 0
+    assert not held_outside(cv, np.ones(len(cv), bool), (-2.0,), (2.0,), 1).any()
 
 
 @pytest.mark.parametrize("gamma", [4.0, 8.0])

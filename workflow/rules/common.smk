@@ -46,12 +46,6 @@ def round_inputs(wildcards):
     }
 
 
-def previous_guide(wildcards):
-    """Round k-1's guide report, which says whether guidance.overfill has ended."""
-    k = int(wildcards.round)
-    return {"previous": f"{round_dir(k - 1)}/guide.json"} if k > 0 else {}
-
-
 def bias_args(wildcards):
     k = int(wildcards.round)
     return " ".join(applied_bias(j) or "none" for j in range(k + 1))

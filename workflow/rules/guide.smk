@@ -4,7 +4,6 @@
 rule guide:
     input:
         unpack(round_inputs),
-        unpack(previous_guide),
         config=ancient(CONFIG_FILE),
         model=f"{RESULTS}/round-{{round}}/cg.pt",
         weights=f"{RESULTS}/round-{{round}}/weights.parquet",
@@ -15,7 +14,6 @@ rule guide:
     params:
         config_hash=CAMPAIGN.stage_hash("guidance"),
         round=lambda wildcards: int(wildcards.round),
-        previous=lambda wildcards, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
     wildcard_constraints:
         round=r"\d\d",
     log:
@@ -27,4 +25,4 @@ rule guide:
     shell:
         "cgflow guide --config {input.config} --round {params.round} --model {input.model} "
         "--samples {input.samples} --weights {input.weights} --bias {output.bias} "
-        "--starts {output.starts} --report {output.report} {params.previous} > {log} 2>&1"
+        "--starts {output.starts} --report {output.report} > {log} 2>&1"
