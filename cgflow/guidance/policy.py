@@ -97,8 +97,11 @@ def held_outside(cv: np.ndarray, connected: np.ndarray, lower, upper, min_frames
     outside = ~np.asarray(connected, dtype=bool)
     if not outside.any():
         return outside
-    cell = markov_states(cv, lower, upper, SUPPORT_BINS)
-    counts = np.bincount(cell[outside], minlength=SUPPORT_BINS ** np.atleast_2d(cv).shape[1])
+    return _held(markov_states(cv, lower, upper, SUPPORT_BINS), outside, np.atleast_2d(cv).shape[1], min_frames)
+
+
+def _held(cell: np.ndarray, outside: np.ndarray, n_cvs: int, min_frames: int) -> np.ndarray:
+    counts = np.bincount(cell[outside], minlength=SUPPORT_BINS ** n_cvs)
     return outside & (counts >= min_frames)[cell]
 
 
@@ -124,9 +127,10 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     connected = np.asarray(connected, dtype=bool)
     if connected.all() or not connected.any():
         return weights
-    levelled = held_outside(cv, connected, lower, upper, min_frames)
     cell = markov_states(cv, lower, upper, SUPPORT_BINS)
-    n_cells = SUPPORT_BINS ** np.atleast_2d(cv).shape[1]
+    n_cvs = np.atleast_2d(cv).shape[1]
+    levelled = _held(cell, ~connected, n_cvs, min_frames)
+    n_cells = SUPPORT_BINS ** n_cvs
     mass_in = np.bincount(cell[connected], weights=weights[connected], minlength=n_cells)
     mass_out = np.bincount(cell[levelled], weights=weights[levelled], minlength=n_cells)
     if mass_out.max() <= 0 or mass_in.max() <= 0:

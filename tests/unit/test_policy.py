@@ -122,8 +122,8 @@ def test_held_outside_is_the_outside_frames_of_cells_with_min_frames_of_them():
     """Of the frames outside TRAM's connected set, those in a cell (1/32 of the range) with at
     least min_frames (10) of them are a held basin; 9 alone in a cell are not, nor 8 beside 22
     connected ones (counted over all frames, that cell would pass)."""
-    centre = lambda c: np.full(1, -2 + (c + 0.5) * 4 / SUPPORT_BINS)  # noqa: E731
-    cv = np.concatenate([np.repeat(centre(c), n) for c, n in ((5, 40), (20, 10), (21, 9), (22, 30))])[:, None]
+    cells, frames = np.array([5, 20, 21, 22]), [40, 10, 9, 30]
+    cv = np.repeat(-2 + (cells + 0.5) * 4 / SUPPORT_BINS, frames)[:, None]
     connected = np.concatenate([np.ones(40, bool), np.zeros(10, bool), np.zeros(9, bool), np.arange(30) < 22])
     held = held_outside(cv, connected, (-2.0,), (2.0,), 10)
     assert np.array_equal(held, np.concatenate([np.zeros(40, bool), np.ones(10, bool), np.zeros(39, bool)]))
