@@ -100,6 +100,12 @@ SYSTEMS = {
     # 0.46. Kept on, as here: seed 1 0.53 0.52 0.57 0.46 0.46 ..., seed 2 0.49 0.81 0.48 0.56. Not
     # the schedule, then: C7ax's weight hangs on the 1-2 C7eq <-> C7ax transitions a round gives
     # TRAM (seed 1: 0.033 at round 14, 0.0057 at 15 after one more, exact ~0.03)
+    # Two ways to get more of those transitions, both worse (2026-12-05, cgflow only, seeds 1 / 2):
+    # overfill 20 kJ/mol (basins lifted ~8 kJ/mol more against the unsampled phi ~ 0 saddle):
+    # crossed in round 7 / 12 (5 / 9 at 10), then 2.5-2.8 kT to round 17 on seed 1 and 1.5 kT on
+    # seed 2: the walkers spend the overfill on the outer frontier, not on the saddle. guidance.hills
+    # (height 2.5 kJ/mol every 1000 steps, 5 TRAM states a round): crossed in round 6 / 4, RMSE
+    # 2.4-3.3 kT after, and TRAM stopped converging within 100k iterations in round 9 / 8
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
