@@ -96,11 +96,11 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "
                     "unbiased (more frames per round, or a lower guidance.min_frames)", round_index)
         applied = np.zeros_like(V)
-    ended = Path(sample_paths[-1]).parent / HILLS_FILE
-    if campaign.guidance.hills["height"] and ended.is_file():
+    hills_path = Path(sample_paths[-1]).parent / HILLS_FILE
+    if campaign.guidance.hills["height"] and hills_path.is_file():
         # where the CG ensemble is not trusted yet, the bias the walkers built with hills in this
         # round stays: without it a basin found late in a round is a pit again in the next
-        applied = applied + (1 - sigma) * RoundStates.load(ended).grids[-1].values.ravel()
+        applied = applied + (1 - sigma) * RoundStates.load(hills_path).grids[-1].values.ravel()
     values = applied.reshape(bias.values.shape)
     for axis, p in enumerate(periodic):
         if p:
