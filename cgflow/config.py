@@ -234,6 +234,7 @@ class GuidanceConfig:
     seed_cells: int  # resolved from 'auto'
     initial_bias: str | None = None
     hills: dict | None = None  # height (0: off), width, interval
+    barrier: float | None = None
 
 
 @dataclass(frozen=True)

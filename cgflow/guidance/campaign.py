@@ -86,11 +86,15 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     # a smooth model trained on few barrier frames flattens the barriers, and a cap from it alone
     # would leave them too high to cross. guidance.overfill raises it: the range's top, the
     # frontier, then keeps (1 - 1/gamma) overfill of bias, which drops to 0 across the frontier
+    # guidance.barrier bounds it, as OPES's BARRIER does: the bias lowers no barrier by more, and
+    # once the walkers have found everything below that level the fill stops pushing them higher
     trusted = trust_grid >= 0.5
     if (sigma >= 0.5).any() and trusted.any():
         spread = max(float(np.ptp(F_grid[trusted])),
                      data_free_energy_range(cv, df["weight"].to_numpy(), lower, upper, g.min_frames, kT))
         cap = (1 - 1 / g.gamma) * (spread + g.overfill)
+        if g.barrier is not None:
+            cap = min(cap, g.barrier)
         applied = fill(V, sigma, cap)
     else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "

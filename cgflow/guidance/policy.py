@@ -18,7 +18,9 @@ region and cap = (1 - 1/gamma) times its free-energy range: it fills the known b
 bottoms, is zero toward the frontier of what the model knows, and so pushes walkers there to
 explore freely beyond it. ``guidance.overfill`` adds to that range, so the frontier keeps
 (1 - 1/gamma) overfill of bias and the walkers meet the unknown that much lower: on alanine the
-frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round.
+frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round. ``guidance.barrier``
+bounds cap (OPES's BARRIER), so the fill stops growing with the walkers' reach once it can lower
+the highest barrier that matters.
 """
 
 from __future__ import annotations

@@ -168,3 +168,32 @@ def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(cam
     assert np.all(lifted.values[x < 0] == 0) and np.all(plain.values[x < 0] == 0)
     frontier = (plain.values == 0) & (lifted.values > 0)  # trusted, but at the top of the filled range
     assert frontier.any()
+
+
+def test_barrier_is_the_largest_bias_and_lowers_the_fill(campaign_run, tmp_path):
+    """guidance.barrier bounds the bias as OPES's BARRIER does: set at half the unbounded bias's
+    maximum, the bias tops out at it, is lower by the difference where both are fully on (the
+    basin bottom), nowhere higher, and is 0 over more of the domain (the fill stops lower)."""
+    from cgflow.config import load_config
+    from cgflow.guidance.bias import BiasGrid
+    from cgflow.guidance.campaign import guide_round
+
+    where, _, _ = campaign_run
+    results = where / "results" / "rounds"
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    biases = {}
+    for barrier in (None, 0.5):  # the second: a fraction of the unbounded maximum
+        if barrier is not None:
+            config["guidance"]["barrier"] = barrier * float(biases[None].values.max())
+        out = tmp_path / f"{barrier}"
+        out.mkdir()
+        guide_round(load_config(config), 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
+                    results / "round-00" / "weights.parquet", out / "bias.npz", out / "starts.npz", out / "guide.json")
+        biases[barrier] = BiasGrid.load(out / "bias.npz")
+    free, bounded = biases[None].values, biases[0.5].values
+    barrier = config["guidance"]["barrier"]
+    assert bounded.max() == pytest.approx(barrier, rel=1e-9)
+    top = free == free.max()
+    assert np.allclose(bounded[top], free[top] - (free.max() - barrier))
+    assert np.all(bounded <= free + 1e-9)
+    assert (bounded == 0).sum() > (free == 0).sum()
