@@ -106,11 +106,30 @@ SYSTEMS = {
     # seed 2: the walkers spend the overfill on the outer frontier, not on the saddle. guidance.hills
     # (height 2.5 kJ/mol every 1000 steps, 5 TRAM states a round): crossed in round 6 / 4, RMSE
     # 2.4-3.3 kT after, and TRAM stopped converging within 100k iterations in round 9 / 8
+    # The floor was the frames, not the crossings (2026-12-05): the late rounds of the config before
+    # this one (e0/e1 1.5/6, seed_fraction 0.5, no barrier) put 2-20 % of their frames below the
+    # 8 kT scoring cutoff, and TRAM's ESS stopped at ~1400 from round 10 (+33 in the last 12
+    # rounds); seeds 1 and 2 ended with uncorrelated per-bin errors (r = -0.14), i.e. noise. Under
+    # the applied bias itself (round 19, F_ref + bias) 96 % of the equilibrium mass sat at 8-16 kT:
+    # the trusted range, so the fill, kept growing with the walkers' reach, and its partly trusted
+    # edge (eps 2-3.4 kJ/mol at F 20-35) was a band 3-4 kJ/mol below the basins. Now
+    # guidance.barrier 37.5 kJ/mol (the largest bias; the phi ~ 0 saddle is ~39 kJ/mol) stops the
+    # fill there, e0/e1 5/12 trust that band, and seed_fraction 0.25 restarts 2 walkers a round, not
+    # 4: 64 % of the equilibrium mass under round 18's bias is below 8 kT (the well-tempered ideal:
+    # 68 %). cgflow only, RMSE per round (kT) from the return to C7eq: seed 1 (round 10) 0.50 0.55
+    # 0.56 0.51 0.42 0.44 0.38 (578k FG steps, 0.85x metadynamics' 680k) 0.38 0.36 0.35 0.34 0.31
+    # 0.30 (782k; below 1 kJ/mol from 578k on); seed 2 (round 12) 0.74 0.63 0.65 0.56 0.41 0.45
+    # 0.41 0.39 (680k, 1.0x); 50-78 % of a late round's frames scored, ESS 2720 at round 22. With
+    # e0/e1 3/8: seed 1 0.44 1.02 0.49 0.43 0.40 0.41 0.43 0.41 0.48 0.40 0.39 (748k) from round
+    # 11, seed 2 0.49 0.46 0.44 0.42 0.42 0.42 from round 14. gamma 4 (same largest bias): seed 1
+    # back in round 11 at 0.65 kT with ESS 1781 (1335 at gamma 6), stopped there for time. The
+    # post-crossing rounds (C7ax entered, not yet left: 2-3 kT) still cost 4-6 rounds
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
         "sampling": {"walkers": 8, "steps": 4000, "report_interval": 50, "equilibration": 250},
-        "guidance": {"rounds": 22, "train_steps": 2400, "e1": 6.0, "markov_bins": 16, "overfill": 10.0},
+        "guidance": {"rounds": 22, "train_steps": 2400, "e0": 5.0, "e1": 12.0, "markov_bins": 16, "overfill": 10.0,
+                     "barrier": 37.5, "seed_fraction": 0.25},
         "analysis": {"bins": 36, "reference": "metadynamics_long", "rmse_cutoff_kT": 8.0,
                      "peers": ["unbiased", "metadynamics"], "budget_points": 1},
     },
