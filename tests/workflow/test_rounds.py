@@ -182,14 +182,14 @@ def test_barrier_is_the_largest_bias_and_lowers_the_fill(campaign_run, tmp_path)
     results = where / "results" / "rounds"
     config = yaml.safe_load((results / "config.yaml").read_text())
     biases = {}
-    for barrier in (None, 0.5):  # the second: a fraction of the unbounded maximum
-        if barrier is not None:
-            config["guidance"]["barrier"] = barrier * float(biases[None].values.max())
-        out = tmp_path / f"{barrier}"
+    for fraction in (None, 0.5):  # barrier: none, then this fraction of the unbounded maximum
+        if fraction is not None:
+            config["guidance"]["barrier"] = fraction * float(biases[None].values.max())
+        out = tmp_path / f"{fraction}"
         out.mkdir()
         guide_round(load_config(config), 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
                     results / "round-00" / "weights.parquet", out / "bias.npz", out / "starts.npz", out / "guide.json")
-        biases[barrier] = BiasGrid.load(out / "bias.npz")
+        biases[fraction] = BiasGrid.load(out / "bias.npz")
     free, bounded = biases[None].values, biases[0.5].values
     barrier = config["guidance"]["barrier"]
     assert bounded.max() == pytest.approx(barrier, rel=1e-9)
