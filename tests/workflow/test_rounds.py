@@ -122,12 +122,20 @@ def test_rounds_with_hills_recover_the_exact_pmf(tmp_path, cli_env):
     assert (weights.groupby("round").size() == 16 * 80).all()
 
 
+def guide_round_0(campaign, results, out):
+    """``cgflow guide`` on round 0 of the campaign in ``results``, writing into ``out``."""
+    from cgflow.guidance.campaign import guide_round
+
+    r0 = results / "round-00"
+    guide_round(campaign, 0, r0 / "cg.pt", [r0 / "samples.parquet"], r0 / "weights.parquet", out / "bias.npz",
+                out / "starts.npz", out / "guide.json")
+
+
 def test_a_model_trusted_nowhere_stops_the_round_with_the_weights_ess(campaign_run, tmp_path):
     """With e1 below any ensemble disagreement the bias would be off everywhere: the guide step
     refuses, and names the frame weights' ESS, so a user can tell a reweighting collapse from an
     undertrained model."""
     from cgflow.config import load_config
-    from cgflow.guidance.campaign import guide_round
 
     where, _, _ = campaign_run
     results = where / "results" / "rounds"
@@ -135,9 +143,7 @@ def test_a_model_trusted_nowhere_stops_the_round_with_the_weights_ess(campaign_r
     config["guidance"] |= {"e0": 1e-9, "e1": 2e-9}
     frames = len(pd.read_parquet(results / "round-00" / "samples.parquet"))  # unbiased: all weights equal
     with pytest.raises(RuntimeError, match=rf"trusted nowhere .* ESS is {frames} of {frames} frames"):
-        guide_round(load_config(config), 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
-                    results / "round-00" / "weights.parquet", tmp_path / "bias.npz", tmp_path / "starts.npz",
-                    tmp_path / "guide.json")
+        guide_round_0(load_config(config), results, tmp_path)
 
 
 def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(campaign_run, tmp_path):
@@ -147,7 +153,6 @@ def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(cam
     stays 0, so the bias now drops by up to that much across the frontier."""
     from cgflow.config import load_config
     from cgflow.guidance.bias import BiasGrid
-    from cgflow.guidance.campaign import guide_round
 
     where, _, _ = campaign_run
     results = where / "results" / "rounds"
@@ -158,8 +163,7 @@ def test_overfill_lifts_the_trusted_region_and_leaves_the_unvisited_unbiased(cam
         out = tmp_path / f"{overfill}"
         out.mkdir()
         campaign = load_config(config)
-        guide_round(campaign, 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
-                    results / "round-00" / "weights.parquet", out / "bias.npz", out / "starts.npz", out / "guide.json")
+        guide_round_0(campaign, results, out)
         biases[overfill] = BiasGrid.load(out / "bias.npz")
     plain, lifted = biases[0.0], biases[5.0]
     x = plain.points[:, 0].reshape(plain.values.shape)
@@ -176,7 +180,6 @@ def test_barrier_is_the_largest_bias_and_lowers_the_fill(campaign_run, tmp_path)
     basin bottom), nowhere higher, and is 0 over more of the domain (the fill stops lower)."""
     from cgflow.config import load_config
     from cgflow.guidance.bias import BiasGrid
-    from cgflow.guidance.campaign import guide_round
 
     where, _, _ = campaign_run
     results = where / "results" / "rounds"
@@ -187,8 +190,7 @@ def test_barrier_is_the_largest_bias_and_lowers_the_fill(campaign_run, tmp_path)
             config["guidance"]["barrier"] = fraction * float(biases[None].values.max())
         out = tmp_path / f"{fraction}"
         out.mkdir()
-        guide_round(load_config(config), 0, results / "round-00" / "cg.pt", [results / "round-00" / "samples.parquet"],
-                    results / "round-00" / "weights.parquet", out / "bias.npz", out / "starts.npz", out / "guide.json")
+        guide_round_0(load_config(config), results, out)
         biases[fraction] = BiasGrid.load(out / "bias.npz")
     free, bounded = biases[None].values, biases[0.5].values
     barrier = config["guidance"]["barrier"]
