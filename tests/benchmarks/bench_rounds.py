@@ -124,6 +124,24 @@ SYSTEMS = {
     # 11, seed 2 0.49 0.46 0.44 0.42 0.42 0.42 from round 14. gamma 4 (same largest bias): seed 1
     # back in round 11 at 0.65 kT with ESS 1781 (1335 at gamma 6), stopped there for time. The
     # post-crossing rounds (C7ax entered, not yet left: 2-3 kT) still cost 4-6 rounds
+    # What the rounds after the crossing are (2026-12-05, gamma 4 run, seed 1): C7eq is filled to
+    # the barrier (F + bias ~ 37 kJ/mol) while unvisited pockets beside C7ax (F 16-23 kJ/mol, no
+    # frames yet or eps above e1) carry no bias, 10-20 kJ/mol below it: each round the walkers
+    # fill one ring of them, and come back once the phi > 0 side is filled too. Extending the
+    # support by a cell, or trusting cells from 3-5 frames, left such a pocket 17-19 kJ/mol deep
+    # (round 8's bias recomputed), and moved the fill's top (policy.fill: V's largest value where
+    # trusted) to a thinly visited edge unless it was pinned to the deepest basin (largest bias
+    # 37 -> 25 kJ/mol with 3 frames). After the return, 39-77 % of the squared error is the offset
+    # of the phi > 0 side (+0.6 to +2.3 kT), whose weight (exact 0.030) hangs on 1-5 transitions
+    # a round: 0.002-0.05 by round. Other gammas (campaigns) and TRAM's states (reweighting) move it both
+    # ways: gamma 4 (effective saddle 9.4 kJ/mol against 6.2 at gamma 6 under the ideal bias):
+    # seed 1 back in round 11, 0.65 1.08 0.47 0.51 (round 14); gamma 10 (3.8 kJ/mol, 59 % of
+    # the mass scored against 70 %): seed 1 back in round 12, 0.47 0.90 0.78 0.83 0.55 (round
+    # 16, gamma 6: 0.38), seed 2 back in round 12, 0.56 0.45 0.49 0.42 (round 15, gamma 6: 0.56).
+    # TRAM on 8 bins with a 2 ps lag (16 and 1 ps here), reweighting the same frames: gamma 4
+    # seed 1 rounds 11-14 0.65 -> 0.68, 1.08 -> 0.92, 0.47 -> 0.40, 0.51 -> 0.38; seed 2 round
+    # 13 0.45 -> 0.57 (phi > 0 weight 0.051 -> 0.094); gamma 10 seed 1 rounds 12-13 0.47 -> 0.47,
+    # 0.90 -> 0.73. None kept: one or two seeds cannot tell these apart from the transitions' noise
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
