@@ -142,6 +142,9 @@ SYSTEMS = {
     # seed 1 rounds 11-14 0.65 -> 0.68, 1.08 -> 0.92, 0.47 -> 0.40, 0.51 -> 0.38; seed 2 round
     # 13 0.45 -> 0.57 (phi > 0 weight 0.051 -> 0.094); gamma 10 seed 1 rounds 12-13 0.47 -> 0.47,
     # 0.90 -> 0.73. None kept: one or two seeds cannot tell these apart from the transitions' noise
+    # This config with its peers in one run (7548eeb, 2026-12-05, campaign wall 2967 s): cgflow
+    # 578k FG steps to 1 kJ/mol and below it from there (final 0.304 kT), metadynamics 680k
+    # (0.337), unbiased never (0.904): cgflow/metadynamics 0.850, cgflow/unbiased < 0.739
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
