@@ -126,15 +126,15 @@ SYSTEMS = {
     # post-crossing rounds (C7ax entered, not yet left: 2-3 kT) still cost 4-6 rounds
     # What the rounds after the crossing are (2026-12-05, gamma 4 run, seed 1): C7eq is filled to
     # the barrier (F + bias ~ 37 kJ/mol) while unvisited pockets beside C7ax (F 16-23 kJ/mol, no
-    # frames yet or eps above e1) carry no bias, 10-20 kJ/mol below it: each round the walkers
+    # frames yet or eps above e1) carry no bias, 5-20 kJ/mol below it: each round the walkers
     # fill one ring of them, and come back once the phi > 0 side is filled too. Extending the
     # support by a cell, or trusting cells from 3-5 frames, left such a pocket 17-19 kJ/mol deep
     # (round 8's bias recomputed), and moved the fill's top (policy.fill: V's largest value where
     # trusted) to a thinly visited edge unless it was pinned to the deepest basin (largest bias
     # 37 -> 25 kJ/mol with 3 frames). After the return, 39-77 % of the squared error is the offset
-    # of the phi > 0 side (+0.6 to +2.3 kT), whose weight (exact 0.030) hangs on 1-5 transitions
-    # a round: 0.002-0.05 by round. Other gammas (campaigns) and TRAM's states (reweighting) move it both
-    # ways: gamma 4 (effective saddle 9.4 kJ/mol against 6.2 at gamma 6 under the ideal bias):
+    # of the phi > 0 side (+0.6 to +2.3 kT), whose weight (exact 0.030) hangs on 0-7 C7eq <-> C7ax
+    # transitions a round: 0.002-0.05 by round. Other gammas (campaigns) and TRAM's states
+    # (reweighting) move it both ways: gamma 4 (effective saddle 9.4 kJ/mol against 6.2 at gamma 6 under the ideal bias):
     # seed 1 back in round 11, 0.65 1.08 0.47 0.51 (round 14); gamma 10 (3.8 kJ/mol, 59 % of
     # the mass scored against 70 %): seed 1 back in round 12, 0.47 0.90 0.78 0.83 0.55 (round
     # 16, gamma 6: 0.38), seed 2 back in round 12, 0.56 0.45 0.49 0.42 (round 15, gamma 6: 0.56).
