@@ -12,9 +12,12 @@ from which its RMSE stays below the target to the end of the budget, and those r
 hit between noisy points can be luck. Last, per round, how far cgflow's bias is from the
 well-tempered bias of the reference (``bias_error_kT``): whether a slow campaign is slow because
 of its bias; and the share of each round's frames where the FES is scored (``on_target_share``):
-whether its FG steps went there at all.
+whether its FG steps went there at all. And an oracle (``run_oracle``): the same walkers and
+budget under the reference's own well-tempered bias from the first FG step, seed by seed: what
+the guidance costs against a bias known in advance, and whether this estimator, these walkers
+and frames can meet the target at all.
 
-    python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH]
+    python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH] [--oracle-seeds 1 2]
 """
 
 from __future__ import annotations
@@ -74,23 +77,83 @@ SYSTEMS = {
 }
 
 
-def run_campaign(name: str, where: Path) -> dict:
-    config = where / f"{name}.yaml"
-    config.write_text(yaml.safe_dump(SYSTEMS[name], sort_keys=False))
+def run_campaign(name: str, where: Path, config: dict | None = None) -> dict:
+    config = config or SYSTEMS[name]
+    path = where / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
     out = subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"),
-                          "--configfile", str(config), "-d", str(where), "--cores", "2", "-q"],
+                          "--configfile", str(path), "-d", str(where), "--cores", "2", "-q"],
                          capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{name}: campaign failed\n{out.stderr[-3000:]}")
-    results = where / "results" / SYSTEMS[name]["campaign"]
+    results = where / "results" / config["campaign"]
     result = json.loads((results / "convergence.json").read_text())
     result["wall_s"] = time.perf_counter() - t0
     summary = json.loads((results / "summary.json").read_text())
     result["outside_connected"] = [[r["round"], r["bins_outside_connected"]] for r in summary["per_round"]]
     return result
+
+
+def ideal_bias(config: dict, reference_csv: Path, out: Path) -> None:
+    """The reference's well-tempered bias, clip(cap - (1 - 1/gamma) F_ref, 0, cap), as a bias.npz:
+    cap is ``guidance.barrier`` or, without one, (1 - 1/gamma) times F_ref's range. On the bins'
+    corners for periodic CVs (the mean of the bins around each, the last corner the first), on
+    their centres otherwise (the bias is flat beyond them)."""
+    import numpy as np
+
+    from cgflow.analysis.campaign import cv_domain, cv_edges
+    from cgflow.analysis.fes import read_fes_csv
+    from cgflow.config import load_config
+    from cgflow.guidance.bias import BiasGrid
+
+    campaign = load_config(config)
+    names = list(campaign.system.cv_names)
+    F = read_fes_csv(reference_csv, names).F
+    F = np.where(np.isfinite(F), F - np.nanmin(F), np.nanmax(F) - np.nanmin(F))
+    _, _, periodic = cv_domain(campaign)
+    lower, upper = [], []
+    for axis, (e, p) in enumerate(zip(cv_edges(campaign), periodic)):
+        if p:
+            F = np.pad(0.5 * (F + np.roll(F, 1, axis)), [(0, 1) if i == axis else (0, 0) for i in range(F.ndim)],
+                       mode="wrap")
+            lower.append(e[0]), upper.append(e[-1])
+        else:
+            lower.append(0.5 * (e[0] + e[1])), upper.append(0.5 * (e[-2] + e[-1]))
+    g = campaign.guidance
+    cap = g.barrier if g.barrier is not None else (1 - 1 / g.gamma) * float(F.max())
+    BiasGrid(tuple(names), tuple(lower), tuple(upper), tuple(periodic),
+             np.clip(cap - (1 - 1 / g.gamma) * F, 0.0, cap)).save(out)
+
+
+def oracle_config(name: str, seed: int, bias: Path) -> dict:
+    """``SYSTEMS[name]`` as an oracle's campaign: ``bias`` from the first FG step, the whole
+    budget in one round (MBAR of one state), scored at the same budget points."""
+    cfg = SYSTEMS[name]
+    s, rounds = cfg["sampling"], cfg["guidance"]["rounds"] + 1
+    eq = s.get("equilibration", 0)
+    return {**cfg, "campaign": f"{cfg['campaign']}-oracle", "seed": seed,
+            "sampling": {**s, "steps": rounds * (s["steps"] + eq) - eq},
+            "guidance": {**cfg["guidance"], "rounds": 0, "initial_bias": str(Path(bias).resolve())},
+            "analysis": {**cfg["analysis"], "peers": [], "budget_points": rounds * cfg["analysis"]["budget_points"]}}
+
+
+def run_oracle(name: str, where: Path, seeds: list[int]) -> dict:
+    """The campaign an oracle would run, with the reference's well-tempered bias (:func:`ideal_bias`
+    of the reference ``name``'s campaign in ``where`` used), seed by seed: how much of cgflow's
+    budget goes to learning the bias, and whether the target can be met at all with this
+    estimator, these walkers and frames."""
+    reference = where / name / "results" / SYSTEMS[name]["campaign"] / "reference.csv"
+    bias = where / f"{name}-oracle-bias.npz"
+    ideal_bias(SYSTEMS[name], reference, bias)
+    results = {}
+    for seed in seeds:
+        folder = where / f"{name}-oracle-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        results[seed] = run_campaign(name, folder, oracle_config(name, seed, bias))["cgflow"]
+    return results
 
 
 def table(name: str, conv: dict) -> list[str]:
@@ -122,6 +185,11 @@ def table(name: str, conv: dict) -> list[str]:
             else:
                 ratio = f"{mine / theirs:.3f}"
             lines.append(f"  cgflow/{peer:12s} = {ratio:>10s}   (target <= {goal}; {what})")
+    oracle = conv.get("oracle") or {}
+    if oracle:
+        lines.append(f"  oracle (the reference's well-tempered bias from the first FG step, one round), by seed: "
+                     + "; ".join(f"{seed}: target {show(o['steps_to_target'])}, below from {show(o.get('steps_to_stay'))}, "
+                                 f"final {o['curve'][-1][1]:.3f} kT" for seed, o in oracle.items()))
     return lines
 
 
@@ -130,6 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=["mb", "dw2d", "alanine"])
     parser.add_argument("--keep", help="run the campaigns in this folder (kept) instead of a temporary one")
     parser.add_argument("--json", help="write the convergence results here")
+    parser.add_argument("--oracle-seeds", nargs="*", type=int, default=[1, 2, 3, 4],
+                        help="seeds of the oracle runs (none: skip them)")
     args = parser.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cgflow-bench-rounds-") as tmp:
@@ -138,6 +208,7 @@ def main(argv=None) -> int:
             where = base / name
             where.mkdir(parents=True, exist_ok=True)
             results[name] = run_campaign(name, where)
+            results[name]["oracle"] = run_oracle(name, base, args.oracle_seeds)
             print("\n".join(table(name, results[name])), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
