@@ -80,9 +80,12 @@ def _curve(method: str, rows: list[tuple[int, float, float]]):
 
 def curve_rounds(campaign, sample_paths, reference_F):
     """cgflow's curve from its rounds' samples.parquet files; it stops at the last budget point
-    the given rounds cover (rounds are recognised by the 'round' of their provenance)."""
+    the given rounds cover (rounds are recognised by the 'round' of their provenance). A budget
+    point inside a round whose reweighting does not converge gets no RMSE (NaN, with a warning):
+    the curve is a diagnostic, and the part-round it reweights is no round's result; a whole
+    round's weights are the reweight rule's, which fails loudly instead."""
     from cgflow.analysis.campaign import read_samples
-    from cgflow.analysis.reweight import campaign_weights
+    from cgflow.analysis.reweight import NotConverged, campaign_weights
 
     s = campaign.sampling
     names = list(campaign.system.cv_names)
@@ -102,7 +105,15 @@ def curve_rounds(campaign, sample_paths, reference_F):
         cv, weights = part[names].to_numpy(), None
         if len(part):
             frames = part.assign(round=part["round"].map(index))
-            weights = campaign_weights(campaign, frames, [loaded[k] for k in included]).weights
+            try:
+                weights = campaign_weights(campaign, frames, [loaded[k] for k in included]).weights
+            except NotConverged as error:
+                if share == s.steps:
+                    raise
+                log.warning("convergence curve: no RMSE at %d FG steps (round %d cut at step %d): %s",
+                            int(t) * s.walkers, current, share, error)
+                rows.append((int(t) * s.walkers, math.nan, _score(campaign, cv, reference_F)[1]))
+                continue
         rows.append((int(t) * s.walkers, *_score(campaign, cv, reference_F, weights)))
     return _curve("cgflow", rows)
 

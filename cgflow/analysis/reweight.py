@@ -21,6 +21,10 @@ from scipy.special import logsumexp
 log = logging.getLogger(__name__)
 
 
+class NotConverged(RuntimeError):
+    """An estimator's self-consistent equations (MBAR, TRAM) did not converge."""
+
+
 @dataclass(frozen=True)
 class Reweighting:
     """Normalised unbiased weights per frame, and per-round diagnostics."""
@@ -76,7 +80,7 @@ def mbar_weights(cv: np.ndarray, rounds: np.ndarray, biases: list, kT: float, to
     check = -logsumexp(log_w[None, :] - u_kn[sampled], axis=1)
     check -= check[0]
     if not np.allclose(check, f_k[sampled] - f_k[sampled][0], atol=tolerance, rtol=0):
-        raise RuntimeError(
+        raise NotConverged(
             "MBAR did not converge: the round free energies are not self-consistent "
             f"(max error {np.max(np.abs(check - f_k[sampled] + f_k[sampled][0])):.2e} kT); "
             "the rounds may not overlap - check the bias and the per-round ESS"

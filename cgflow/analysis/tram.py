@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from cgflow.analysis.reweight import Reweighting, kish
+from cgflow.analysis.reweight import NotConverged, Reweighting, kish
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def outside_log_weights(log_w, connected, u, rounds, n_states: int) -> np.ndarra
     # ~1e5 frames dominates ("a bad approximation..."); a gradient that small against the frame
     # counts moves no f_k by more than ~1e-6 kT
     if not fit.success and np.max(np.abs(fit.jac) / n_k) > GRADIENT_PER_FRAME:
-        raise RuntimeError(f"the free energies of the frames outside TRAM's connected set did not converge: "
+        raise NotConverged(f"the free energies of the frames outside TRAM's connected set did not converge: "
                            f"{fit.message} (largest gradient per frame {np.max(np.abs(fit.jac) / n_k):.2g})")
     return -terms(fit.x)[0][:, 0]
 
@@ -128,7 +128,7 @@ def _converge(TRAM, dataset, maxiter: int, maxerr: float, tolerance_kT: float, l
         log.warning("TRAM stopped at %d iterations with f_k about %.2g kT from their limit (tolerance %.2g kT)",
                     maxiter, remaining, tolerance_kT)
         return model
-    raise RuntimeError(f"TRAM did not converge in {maxiter} iterations (f_k still moving {change:.2e} kT per "
+    raise NotConverged(f"TRAM did not converge in {maxiter} iterations (f_k still moving {change:.2e} kT per "
                        f"{CHUNK}, about {remaining:.2g} kT from the limit); the rounds may not be connected - "
                        f"check the per-round ESS")
 

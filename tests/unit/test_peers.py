@@ -217,6 +217,35 @@ def test_rounds_curve_reweights_the_biased_round(short_campaign):
     assert len(curve_rounds(c, samples[:1], _exact(c))) == c.analysis.budget_points
 
 
+def test_rounds_curve_leaves_a_part_round_unscored_when_its_reweighting_does_not_converge(short_campaign, monkeypatch):
+    """A budget point inside a round whose reweighting does not converge is NaN and the curve goes
+    on (a long campaign's analysis must not die on a diagnostic point); at a round's end the
+    weights are the round's own, and a failure there still stops the analysis."""
+    from cgflow.analysis import reweight
+
+    c, _, samples, _ = short_campaign
+    good = curve_rounds(c, samples, _exact(c))
+    real = reweight.campaign_weights
+
+    def flaky(campaign, frames, biases):  # round 1 cut short does not converge
+        if (frames["round"] == 1).any() and frames.loc[frames["round"] == 1, "step"].max() < c.sampling.steps:
+            raise reweight.NotConverged("TRAM did not converge (test)")
+        return real(campaign, frames, biases)
+
+    monkeypatch.setattr(reweight, "campaign_weights", flaky)
+    curve = curve_rounds(c, samples, _exact(c))
+    inside = (curve.fg_steps > good.fg_steps.iloc[3]) & (curve.fg_steps < good.fg_steps.iloc[-1])
+    assert inside.sum() > 0 and curve.rmse_kT[inside].isna().all()
+    np.testing.assert_allclose(curve.rmse_kT[~inside], good.rmse_kT[~inside])
+    np.testing.assert_allclose(curve.coverage, good.coverage)
+    # an unscored point breaks a run below the target: staying below counts from the round's end
+    assert steps_to_stay(curve, 0.5) == curve.fg_steps.iloc[-1] and steps_to_target(curve, 0.5) == steps_to_target(good, 0.5)
+
+    monkeypatch.setattr(reweight, "campaign_weights", lambda *a: (_ for _ in ()).throw(reweight.NotConverged("no")))
+    with pytest.raises(reweight.NotConverged):
+        curve_rounds(c, samples, _exact(c))
+
+
 def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     from cgflow.analysis.campaign import write_reference
 
