@@ -119,9 +119,11 @@ def ideal_bias(config: dict, reference_csv: Path, out: Path) -> None:
         if p:
             F = np.pad(0.5 * (F + np.roll(F, 1, axis)), [(0, 1) if i == axis else (0, 0) for i in range(F.ndim)],
                        mode="wrap")
-            lower.append(e[0]), upper.append(e[-1])
+            ends = (e[0], e[-1])
         else:
-            lower.append(0.5 * (e[0] + e[1])), upper.append(0.5 * (e[-2] + e[-1]))
+            ends = (0.5 * (e[0] + e[1]), 0.5 * (e[-2] + e[-1]))
+        lower.append(ends[0])
+        upper.append(ends[1])
     g = campaign.guidance
     cap = g.barrier if g.barrier is not None else (1 - 1 / g.gamma) * float(F.max())
     BiasGrid(tuple(names), tuple(lower), tuple(upper), tuple(periodic),
@@ -141,10 +143,10 @@ def oracle_config(name: str, seed: int, bias: Path) -> dict:
 
 
 def run_oracle(name: str, where: Path, seeds: list[int]) -> dict:
-    """The campaign an oracle would run, with the reference's well-tempered bias (:func:`ideal_bias`
-    of the reference ``name``'s campaign in ``where`` used), seed by seed: how much of cgflow's
-    budget goes to learning the bias, and whether the target can be met at all with this
-    estimator, these walkers and frames."""
+    """The campaign an oracle would run (:func:`oracle_config`), seed by seed, under the
+    :func:`ideal_bias` of the reference that ``name``'s campaign in ``where / name`` used: how much
+    of cgflow's budget goes to learning the bias, and whether the target can be met at all with
+    this estimator, these walkers and frames."""
     reference = where / name / "results" / SYSTEMS[name]["campaign"] / "reference.csv"
     bias = where / f"{name}-oracle-bias.npz"
     ideal_bias(SYSTEMS[name], reference, bias)
