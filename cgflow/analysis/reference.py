@@ -207,3 +207,33 @@ def metadynamics_long(campaign, settings: LongMetadSettings | None = None, dirs=
 
 def read_provenance(csv: Path) -> dict:
     return json.loads(Path(csv).with_suffix(".json").read_text())
+
+
+def well_tempered_bias(campaign, reference_F):
+    """The reference's well-tempered bias, clip(cap - (1 - 1/gamma) F_ref, 0, cap), as a
+    :class:`~cgflow.guidance.bias.BiasGrid` on the campaign's CV domain: the bias cgflow's rounds
+    aim at, known in advance (bench-rounds' oracle; a fixed bias under which plain MD checks a
+    reference). cap is ``guidance.barrier`` or, without one, (1 - 1/gamma) times F_ref's range.
+    ``reference_F`` is on the analysis bins; the grid's points are the bins' corners for periodic
+    CVs (the mean of the bins around each, the last corner the first), their centres otherwise
+    (the bias is flat beyond them)."""
+    from cgflow.analysis.campaign import cv_domain, cv_edges
+    from cgflow.guidance.bias import BiasGrid
+
+    F = np.asarray(getattr(reference_F, "F", reference_F), dtype=float)
+    F = np.where(np.isfinite(F), F - np.nanmin(F), np.nanmax(F) - np.nanmin(F))
+    _, _, periodic = cv_domain(campaign)
+    lower, upper = [], []
+    for axis, (e, p) in enumerate(zip(cv_edges(campaign), periodic)):
+        if p:
+            F = np.pad(0.5 * (F + np.roll(F, 1, axis)), [(0, 1) if i == axis else (0, 0) for i in range(F.ndim)],
+                       mode="wrap")
+            ends = (e[0], e[-1])
+        else:
+            ends = (0.5 * (e[0] + e[1]), 0.5 * (e[-2] + e[-1]))
+        lower.append(ends[0])
+        upper.append(ends[1])
+    g = campaign.guidance
+    cap = g.barrier if g.barrier is not None else (1 - 1 / g.gamma) * float(F.max())
+    return BiasGrid(tuple(campaign.system.cv_names), tuple(lower), tuple(upper), tuple(periodic),
+                    np.clip(cap - (1 - 1 / g.gamma) * F, 0.0, cap))

@@ -98,36 +98,14 @@ def run_campaign(name: str, where: Path, config: dict | None = None) -> dict:
 
 
 def ideal_bias(config: dict, reference_csv: Path, out: Path) -> None:
-    """The reference's well-tempered bias, clip(cap - (1 - 1/gamma) F_ref, 0, cap), as a bias.npz:
-    cap is ``guidance.barrier`` or, without one, (1 - 1/gamma) times F_ref's range. On the bins'
-    corners for periodic CVs (the mean of the bins around each, the last corner the first), on
-    their centres otherwise (the bias is flat beyond them)."""
-    import numpy as np
-
-    from cgflow.analysis.campaign import cv_domain, cv_edges
+    """The reference's well-tempered bias (:func:`cgflow.analysis.reference.well_tempered_bias`)
+    for ``config``'s campaign, as a bias.npz."""
     from cgflow.analysis.fes import read_fes_csv
+    from cgflow.analysis.reference import well_tempered_bias
     from cgflow.config import load_config
-    from cgflow.guidance.bias import BiasGrid
 
     campaign = load_config(config)
-    names = list(campaign.system.cv_names)
-    F = read_fes_csv(reference_csv, names).F
-    F = np.where(np.isfinite(F), F - np.nanmin(F), np.nanmax(F) - np.nanmin(F))
-    _, _, periodic = cv_domain(campaign)
-    lower, upper = [], []
-    for axis, (e, p) in enumerate(zip(cv_edges(campaign), periodic)):
-        if p:
-            F = np.pad(0.5 * (F + np.roll(F, 1, axis)), [(0, 1) if i == axis else (0, 0) for i in range(F.ndim)],
-                       mode="wrap")
-            ends = (e[0], e[-1])
-        else:
-            ends = (0.5 * (e[0] + e[1]), 0.5 * (e[-2] + e[-1]))
-        lower.append(ends[0])
-        upper.append(ends[1])
-    g = campaign.guidance
-    cap = g.barrier if g.barrier is not None else (1 - 1 / g.gamma) * float(F.max())
-    BiasGrid(tuple(names), tuple(lower), tuple(upper), tuple(periodic),
-             np.clip(cap - (1 - 1 / g.gamma) * F, 0.0, cap)).save(out)
+    well_tempered_bias(campaign, read_fes_csv(reference_csv, list(campaign.system.cv_names))).save(out)
 
 
 def oracle_config(name: str, seed: int, bias: Path) -> dict:

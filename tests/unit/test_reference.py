@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from cgflow.analysis import reference as ref_mod
 from cgflow.analysis.campaign import cv_edges, write_reference
@@ -125,28 +126,28 @@ def test_shipped_alanine_reference():
 @pytest.mark.slow
 def test_shipped_alanine_reference_against_static_bias_md(tmp_path):
     """The shipped reference is a metadynamics bias turned into a FES; check it with MD that has
-    nothing time-dependent: plain Langevin MD under a fixed bias that flattens the reference to
-    1/8 of itself, reweighted by exp(+bias/kT) (the bias energy OpenMM applied at each frame).
-    The phi > 0 side's weight, the quantity alanine campaigns converge on last, and the FES
-    where it is scored must agree with the reference."""
+    nothing time-dependent: plain Langevin MD under the reference's own well-tempered bias, held
+    fixed, reweighted by exp(+bias/kT) (the bias energy OpenMM applied at each frame). The phi > 0
+    side's weight, the quantity alanine campaigns converge on last, and the FES where it is
+    scored must agree with the reference."""
     from cgflow.analysis.fes import compare_to_reference, histogram_fes
-    from cgflow.guidance.bias import BiasGrid
+    from cgflow.analysis.reference import well_tempered_bias
     from cgflow.sampling.engine import MDSettings, run_replica
 
     c = load_config(ALANINE)
     kT = c.sampling.kT
     ref = read_fes_csv(find_reference(cache_key(c), [ref_mod.DATA_DIR]), c.system.cv_names)
-    F = np.minimum(ref.F, 60.0)
-    # the grid's points are the bins' corners (both ends included): the mean of the 4 bins around each
-    corners = 0.25 * (F + np.roll(F, 1, 0) + np.roll(F, 1, 1) + np.roll(F, (1, 1), (0, 1)))
-    corners = np.pad(corners, ((0, 1), (0, 1)), mode="wrap")
-    grid = BiasGrid(tuple(c.system.cv_names), (-np.pi, -np.pi), (np.pi, np.pi), (True, True),
-                    -(1 - 1 / 8) * corners)
-    settings = MDSettings(c.sampling.temperature, 0.002, 1.0, steps=500_000, equilibration=5000,
-                          report_interval=50, checkpoint_interval=500_000)
+    # flat to F/8 up to 60 kJ/mol, well above the phi ~ 0 saddle (~39), so C7eq <-> C7ax transitions
+    # are frequent (under cgflow's gamma 6 and 37.5 kJ/mol, 2 x 1 ns gave phi > 0 weights 0.022-0.044)
+    raw = yaml.safe_load(ALANINE.read_text())
+    raw["guidance"] = raw.get("guidance", {}) | {"gamma": 8.0, "barrier": (1 - 1 / 8) * 60.0}
+    grid = well_tempered_bias(load_config(raw), ref)
+    long = LongMetadSettings.for_campaign(c)  # the reference run's dynamics
+    settings = MDSettings(c.sampling.temperature, long.timestep, long.friction, steps=1_000_000, equilibration=5000,
+                          report_interval=50, checkpoint_interval=1_000_000)
     system = c.system.build()
     cv, bias = [], []
-    for walker in range(2):
+    for walker in range(4):
         frames = run_replica(system, [walker], settings, "Reference", {}, 11 + walker, tmp_path / f"w{walker}", bias=grid)
         cv.append(frames.cv[:, 0, :])
         bias.append(frames.bias[:, 0])
@@ -157,8 +158,9 @@ def test_shipped_alanine_reference_against_static_bias_md(tmp_path):
     p_ref = np.exp(-(ref.F - ref.F.min()) / kT)
     share_ref = p_ref[centres[0] > 0].sum() / p_ref.sum()
     share = w[cv[:, 0] > 0].sum() / w.sum()
-    # measured 0.0285-0.0349 over four seeds against the reference's 0.0304 (|ln ratio| <= 0.14)
-    assert abs(np.log(share / share_ref)) < 0.3, (share, share_ref)
+    # 4 x 2 ns: measured 0.0264-0.0314 over three seeds against the reference's 0.0304 (2 x 1 ns:
+    # 0.022-0.041, |ln ratio| up to 0.30)
+    assert abs(np.log(share / share_ref)) < 0.35, (share, share_ref)
     fes = histogram_fes(cv, ref.edges, kT, weights=w, n_bootstrap=2)
     rmse = compare_to_reference(fes, ref.F, kT, 8.0)["rmse_kT"]
-    assert rmse < 0.4, rmse  # measured 0.23-0.26 kT, the 40k frames' noise and the bins' averaging
+    assert rmse < 0.3, rmse  # measured 0.18 kT, the 80k frames' noise and the bins' averaging
