@@ -194,13 +194,19 @@ def test_the_examples_are_there_with_distinct_campaign_names():
     assert len(set(campaigns)) == len(campaigns)
 
 
-def test_the_benchmark_campaigns_are_valid_configs():
-    """bench-rounds runs for hours: a key or value the schema no longer takes must fail here."""
+def _bench_rounds():
+    """tests/benchmarks/bench_rounds.py as a module (benchmarks are not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "tests" / "benchmarks" / "bench_rounds.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_benchmark_campaigns_are_valid_configs():
+    """bench-rounds runs for hours: a key or value the schema no longer takes must fail here."""
+    bench = _bench_rounds()
     assert set(bench.SYSTEMS) == {"mb", "dw2d", "alanine"}
     for name, config in bench.SYSTEMS.items():
         campaign = load_config(copy.deepcopy(config))
@@ -211,8 +217,6 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
     """bench-rounds' oracle runs the reference's well-tempered bias from the first FG step: under
     it, F_ref + bias must be F_ref / gamma below the cap (barrier), and its one round must be scored at
     cgflow's budget points."""
-    import importlib.util
-
     import numpy as np
 
     from cgflow.analysis.campaign import cv_edges, write_reference
@@ -220,9 +224,7 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
     from cgflow.analysis.fes import read_fes_csv
     from cgflow.guidance.bias import BiasGrid
 
-    spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "tests" / "benchmarks" / "bench_rounds.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_rounds()
     for name in ("dw2d", "alanine"):
         config = copy.deepcopy(bench.SYSTEMS[name])
         campaign = load_config(config)

@@ -241,7 +241,10 @@ def test_rounds_curve_leaves_a_part_round_unscored_when_its_reweighting_does_not
     # an unscored point breaks a run below the target: staying below counts from the round's end
     assert steps_to_stay(curve, 0.5) == curve.fg_steps.iloc[-1] and steps_to_target(curve, 0.5) == steps_to_target(good, 0.5)
 
-    monkeypatch.setattr(reweight, "campaign_weights", lambda *a: (_ for _ in ()).throw(reweight.NotConverged("no")))
+    def never(campaign, frames, biases):
+        raise reweight.NotConverged("TRAM did not converge (test)")
+
+    monkeypatch.setattr(reweight, "campaign_weights", never)
     with pytest.raises(reweight.NotConverged):
         curve_rounds(c, samples, _exact(c))
 
