@@ -9,7 +9,8 @@ point each method's FES is the one it could report had it stopped there:
   frames up to its share of the budget, reweighted (guidance.estimator) over the rounds included (round k's
   bias is the bias path in its samples' provenance; None means unbiased);
 - unbiased MD: each walker's frames up to its share of the budget;
-- metadynamics: its free-energy snapshot at that budget (from the bias, not from histograms).
+- metadynamics: its free-energy snapshot at that budget (from the bias, not from histograms;
+  integrated over each bin, as the histograms and the exact PMF are).
 
 The score is :func:`cgflow.analysis.fes.compare_to_reference` (RMSE in kT over the bins where
 the reference is below ``analysis.rmse_cutoff_kT``; unvisited bins count at the detection

@@ -143,6 +143,26 @@ def _free_energy(p: np.ndarray, vol: np.ndarray, kT: float) -> np.ndarray:
     return -kT * log_density
 
 
+def bin_free_energy(axes, grid_F: np.ndarray, edges, kT: float, sub: int = 16) -> np.ndarray:
+    """Each bin's free energy -kT ln((1/|bin|) integral over the bin of exp(-F/kT)), kJ/mol, from F
+    given at grid points (``axes``: the points per CV, F linear between them).
+
+    What a histogram of samples estimates and what the toys' exact PMF is, so that a surface known
+    at points (metadynamics' ``getFreeEnergy``) is scored on the same footing as the others: read
+    at the bin centres instead, alanine's 10-degree bins differ from their averages by 0.12 kT
+    RMSE below 8 kT. The integral is the mean over ``sub`` evenly spaced points per CV in each bin.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+    from scipy.special import logsumexp
+
+    inner = [(e[:-1, None] + (np.arange(sub) + 0.5) / sub * np.diff(e)[:, None]).ravel() for e in edges]
+    mesh = np.meshgrid(*inner, indexing="ij")
+    F = RegularGridInterpolator(axes, grid_F, method="linear")(np.stack([m.ravel() for m in mesh], axis=-1))
+    shape = [n for e in edges for n in (len(e) - 1, sub)]
+    log_mean = logsumexp(-F.reshape(shape) / kT, axis=tuple(range(1, 2 * len(edges), 2))) - len(edges) * np.log(sub)
+    return -kT * log_mean
+
+
 def connected_share(cv: np.ndarray, edges, weights: np.ndarray, connected: np.ndarray) -> np.ndarray:
     """Per bin, the share of its weight on samples inside TRAM's connected set; NaN where no weight
     fell. A bin below one half rests mostly on frames whose weight no transition pins (see

@@ -34,7 +34,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 """Bumped when the way a reference is computed changes, so older caches no longer match."""
 DATA_DIR = Path(__file__).resolve().parent.parent / "systems" / "data"
 

@@ -47,17 +47,19 @@ def _rounds_in(weights_path: Path) -> list[int]:
 
 
 def cg_fes(campaign, model_path: Path) -> np.ndarray:
-    """The CG ensemble's mean free energy at the analysis bin centres, kJ/mol, min 0."""
+    """The CG ensemble's mean free energy integrated over each analysis bin
+    (:func:`cgflow.analysis.fes.bin_free_energy`, from 8 grid intervals per bin), kJ/mol, min 0."""
+    from cgflow.analysis.fes import bin_free_energy
     from cgflow.guidance.campaign import ensemble_at
     from cgflow.models.cv_energy import load
     from cgflow.training.campaign import model_grid
 
     model, _ = load(model_path)
     edges = cv_edges(campaign)
-    centres = np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges], indexing="ij")
-    points = np.stack([c.ravel() for c in centres], axis=-1)
-    F, _ = ensemble_at(model, model_grid(campaign), campaign.sampling.kT, points)
-    F = F.reshape(centres[0].shape)
+    axes = [np.linspace(e[0], e[-1], 8 * (len(e) - 1) + 1) for e in edges]
+    nodes = np.meshgrid(*axes, indexing="ij")
+    F, _ = ensemble_at(model, model_grid(campaign), campaign.sampling.kT, np.stack([n.ravel() for n in nodes], axis=-1))
+    F = bin_free_energy(axes, F.reshape(nodes[0].shape), edges, campaign.sampling.kT)
     return F - F.min()
 
 

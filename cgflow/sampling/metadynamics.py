@@ -388,25 +388,23 @@ def _gather(chunks: list[_Chunk], n_walkers: int) -> list[ReplicaFrames]:
 def write_snapshots(campaign, chunks: list[_Chunk], path: Path) -> dict:
     """``fes_snapshots.npz``: ``budget_steps`` (total FG steps of all walkers at each budget
     point), ``F`` (n_points, *bins) kJ/mol, the metadynamics free energy (getFreeEnergy)
-    interpolated linearly onto the analysis bin centres and shifted to zero at its minimum,
+    integrated over each analysis bin (:func:`cgflow.analysis.fes.bin_free_energy`) and shifted
+    to zero at its minimum,
     ``counts`` (n_points, *bins) the walkers' saved frames per bin by then, ``edges_<i>`` the
     analysis bin edges of CV i (one array each, as their lengths may differ), ``cv_names``, and
     the Gaussians: ``hills_walker``, ``hills_step`` (the walker's own step), ``hills_cv``,
     ``hills_height`` (kJ/mol). Returns the arrays written."""
-    from scipy.interpolate import RegularGridInterpolator
-
     from cgflow.analysis.campaign import cv_edges
+    from cgflow.analysis.fes import bin_free_energy
 
     metad = MetadSettings.from_campaign(campaign)
     edges = cv_edges(campaign)
-    centres = np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges], indexing="ij")
-    points = np.stack([c.ravel() for c in centres], axis=-1)
     steps = np.concatenate([c.snapshots["step"] for c in chunks])
     frame_step = np.concatenate([c.frames["step"] for c in chunks])
     frame_cv = np.concatenate([c.frames["cv"] for c in chunks])
     F, counts = [], []
     for step, grid_F in zip(steps, np.concatenate([c.snapshots["F"] for c in chunks])):
-        f = RegularGridInterpolator(metad.axes(), grid_F, method="linear")(points).reshape(centres[0].shape)
+        f = bin_free_energy(metad.axes(), grid_F, edges, campaign.sampling.kT)
         F.append(f - f.min())
         counts.append(np.histogramdd(frame_cv[frame_step <= step - campaign.sampling.equilibration], bins=edges)[0])
     hills = {k: np.concatenate([c.hills[k] for c in chunks]) for k in chunks[0].hills}

@@ -8,6 +8,7 @@ from cgflow.analysis.fes import (
     FES,
     MIN_BLOCKS,
     _sub_blocks,
+    bin_free_energy,
     compare_to_reference,
     fes_frame,
     fes_from_frame,
@@ -79,6 +80,28 @@ def test_reweighted_biased_samples_recover_unbiased_fes():
     unweighted = histogram_fes(x, [edges], KT)
     assert np.sqrt(np.mean(aligned_error(unweighted.F, F_exact, region) ** 2)) / KT > 0.5
     assert fes.n_eff < 0.9 * x.size
+
+
+def test_a_surface_known_at_points_is_integrated_over_each_bin():
+    """A free energy given on a grid (metadynamics' getFreeEnergy) becomes each bin's
+    -kT ln <exp(-F/kT)>_bin, as the exact PMF and the histograms are; its bin-centre values
+    differ from that by more than the tolerance on these 0.1-wide bins, where F rises up to
+    4 kJ/mol across one."""
+    grid = np.linspace(-2.0, 2.0, 801)
+    F_bin = bin_free_energy([grid], double_well(grid), [EDGES], KT)
+    exact = exact_fes(double_well)
+    assert np.abs((F_bin - F_bin.min()) - exact).max() < 0.02
+    centres = double_well(0.5 * (EDGES[1:] + EDGES[:-1]))
+    assert np.abs((centres - centres.min()) - exact).max() > 0.1
+
+    # two CVs: a separable surface is the sum of its two one-dimensional bin free energies
+    y = np.linspace(-1.0, 1.0, 401)
+    edges_y = np.linspace(-1.0, 1.0, 11)
+    tilt = lambda v: 4.0 * KT * v**2 + 2.0 * v  # noqa: E731
+    F2 = bin_free_energy([grid, y], double_well(grid)[:, None] + tilt(y)[None, :], [EDGES, edges_y], KT)
+    sum_1d = F_bin[:, None] + bin_free_energy([y], tilt(y), [edges_y], KT)[None, :]
+    assert F2.shape == (40, 10)
+    np.testing.assert_allclose(F2, sum_1d, atol=1e-9)
 
 
 def test_compare_identical_surfaces_up_to_a_shift():
