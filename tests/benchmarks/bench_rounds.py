@@ -60,7 +60,8 @@ SYSTEMS = {
         "analysis": {"bins": 40, "peers": ["unbiased", "metadynamics"], "budget_points": 2},
     },
     # alanine dipeptide in vacuum, (phi, psi), against the shipped long-metadynamics reference,
-    # scored at each round's end. Frames every 0.1 ps (the FES is a histogram of them); TRAM on
+    # scored at each round's end. Frames every 0.02 ps (the FES is a histogram of them, and at
+    # 0.1 ps their count was its noise floor), a cell trusted after 1 ps of them; TRAM on
     # 16 Markov bins per CV (on 32 its fixed point converges ~9x slower once a basin hangs on a
     # few transitions); 2400 training steps (at 800 the CG models were not converged); overfill
     # 10 kJ/mol so the frontier climbs the 15 kT phi ~ 0 saddle in ~5 rounds, not ~1 kT a round;
@@ -68,9 +69,9 @@ SYSTEMS = {
     "alanine": {
         "campaign": "bench-alanine", "seed": 1,
         "system": {"type": "alanine_dipeptide", "solvent": "vacuum"},
-        "sampling": {"walkers": 8, "steps": 4000, "report_interval": 50, "equilibration": 250},
+        "sampling": {"walkers": 8, "steps": 4000, "report_interval": 10, "equilibration": 250},
         "guidance": {"rounds": 22, "train_steps": 2400, "e0": 5.0, "e1": 12.0, "markov_bins": 16, "overfill": 10.0,
-                     "barrier": 37.5, "seed_fraction": 0.25},
+                     "barrier": 37.5, "seed_fraction": 0.25, "min_frames": 50},
         "analysis": {"bins": 36, "reference": "metadynamics_long", "rmse_cutoff_kT": 8.0,
                      "peers": ["unbiased", "metadynamics"], "budget_points": 1},
     },
