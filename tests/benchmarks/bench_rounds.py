@@ -15,9 +15,12 @@ of its bias; and the share of each round's frames where the FES is scored (``on_
 whether its FG steps went there at all. And an oracle (``run_oracle``): the same walkers and
 budget under the reference's own well-tempered bias from the first FG step, seed by seed: what
 the guidance costs against a bias known in advance, and whether this estimator, these walkers
-and frames can meet the target at all.
+and frames can meet the target at all. Where unbiased MD misses the target within the budget,
+plain MD from the same start runs for 10x the budget (``run_unbiased``): cgflow/unbiased <= 0.1
+asks whether unbiased MD needs 10x cgflow's steps, a horizon beyond the shared budget.
 
     python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH] [--oracle-seeds 1 2]
+                                            [--unbiased-factor 10]
 """
 
 from __future__ import annotations
@@ -109,16 +112,42 @@ def ideal_bias(config: dict, reference_csv: Path, out: Path) -> None:
     well_tempered_bias(campaign, read_fes_csv(reference_csv, list(campaign.system.cv_names))).save(out)
 
 
-def oracle_config(name: str, seed: int, bias: Path) -> dict:
-    """``SYSTEMS[name]`` as an oracle's campaign: ``bias`` from the first FG step, the whole
-    budget in one round (MBAR of one state), scored at the same budget points."""
+def one_round_config(name: str, campaign: str, seed: int, factor: int = 1, bias: Path | None = None) -> dict:
+    """``SYSTEMS[name]`` as one round of ``factor`` times its FG step budget, under ``bias`` from
+    the first FG step (None: plain MD; one state, so its reweighting is the histogram), scored at
+    as many budget points as the campaign, ``factor`` times as far apart."""
     cfg = SYSTEMS[name]
     s, rounds = cfg["sampling"], cfg["guidance"]["rounds"] + 1
     eq = s.get("equilibration", 0)
-    return {**cfg, "campaign": f"{cfg['campaign']}-oracle", "seed": seed,
-            "sampling": {**s, "steps": rounds * (s["steps"] + eq) - eq},
-            "guidance": {**cfg["guidance"], "rounds": 0, "initial_bias": str(Path(bias).resolve())},
-            "analysis": {**cfg["analysis"], "peers": [], "budget_points": rounds * cfg["analysis"]["budget_points"]}}
+    guidance = {**cfg["guidance"], "rounds": 0}
+    if bias is not None:
+        guidance["initial_bias"] = str(Path(bias).resolve())
+    return {**cfg, "campaign": campaign, "seed": seed,
+            "sampling": {**s, "steps": factor * rounds * (s["steps"] + eq) - eq},
+            "guidance": guidance,
+            "analysis": {**cfg["analysis"], "peers": [],
+                         "budget_points": rounds * cfg["analysis"]["budget_points"]}}
+
+
+def oracle_config(name: str, seed: int, bias: Path) -> dict:
+    """``SYSTEMS[name]`` as an oracle's campaign: ``bias`` from the first FG step, the whole
+    budget in one round (MBAR of one state), scored at the same budget points."""
+    return one_round_config(name, f"{SYSTEMS[name]['campaign']}-oracle", seed, bias=bias)
+
+
+def unbiased_config(name: str, factor: int) -> dict:
+    """``SYSTEMS[name]``'s walkers as plain MD for ``factor`` times the campaign's budget, with
+    the campaign's seed: cgflow/unbiased <= 0.1 asks whether unbiased MD needs 10x cgflow's
+    steps, which the shared budget cannot show when the unbiased peer misses the target."""
+    cfg = SYSTEMS[name]
+    return one_round_config(name, f"{cfg['campaign']}-unbiased-x{factor}", cfg["seed"], factor=factor)
+
+
+def run_unbiased(name: str, where: Path, factor: int) -> dict:
+    """:func:`unbiased_config` run in ``where``: its curve, steps to the target and budget."""
+    folder = where / f"{name}-unbiased-x{factor}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"factor": factor, **run_campaign(name, folder, unbiased_config(name, factor))["cgflow"]}
 
 
 def run_oracle(name: str, where: Path, seeds: list[int]) -> dict:
@@ -140,7 +169,7 @@ def run_oracle(name: str, where: Path, seeds: list[int]) -> dict:
 def table(name: str, conv: dict) -> list[str]:
     methods = ("cgflow", "unbiased", "metadynamics")
     budget = max(point[0] for method in methods for point in conv[method]["curve"])
-    show = lambda s: f"{s:,}" if s is not None else f"> {budget:,}"  # noqa: E731
+    show = lambda s, horizon=budget: f"{s:,}" if s is not None else f"> {horizon:,}"  # noqa: E731
     lines = [f"{name}: target {conv['target_kT']:.3g} kT, budget {budget:,} FG steps per method, "
              f"campaign wall {conv['wall_s']:.0f} s"]
     for m in methods:
@@ -156,16 +185,25 @@ def table(name: str, conv: dict) -> list[str]:
     outside = conv.get("outside_connected") or []
     lines.append("  cgflow FES bins outside TRAM's connected set (a basin no walker has left yet; its depth is "
                  "MBAR's guess), by round: " + " ".join(f"{k}:{n}" for k, n in outside))
+    long = conv.get("unbiased_long")
+    if long:
+        horizon = long["factor"] * budget
+        lines.append(f"  unbiased MD for {long['factor']}x the budget ({horizon:,} FG steps, one run): steps to target "
+                     f"{show(long['steps_to_target'], horizon)}, below it from {show(long.get('steps_to_stay'), horizon)} on, "
+                     f"final RMSE {long['curve'][-1][1]:.3f} kT")
     for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
         for peer, goal in (("unbiased", 0.1), ("metadynamics", 0.7)):
-            mine, theirs = conv["cgflow"].get(key), conv[peer].get(key)
+            theirs_conv, horizon, source = conv[peer], budget, ""
+            if peer == "unbiased" and long and conv[peer].get(key) is None:
+                theirs_conv, horizon, source = long, long["factor"] * budget, f"; unbiased: the {long['factor']}x run"
+            mine, theirs = conv["cgflow"].get(key), theirs_conv.get(key)
             if mine is None:
                 ratio = "n/a (cgflow did not reach the target)"
             elif theirs is None:
-                ratio = f"< {mine / budget:.3f}"
+                ratio = f"< {mine / horizon:.3f}"
             else:
                 ratio = f"{mine / theirs:.3f}"
-            lines.append(f"  cgflow/{peer:12s} = {ratio:>10s}   (target <= {goal}; {what})")
+            lines.append(f"  cgflow/{peer:12s} = {ratio:>10s}   (target <= {goal}; {what}{source})")
     oracle = conv.get("oracle") or {}
     if oracle:
         lines.append(f"  oracle (the reference's well-tempered bias from the first FG step, one round), by seed: "
@@ -181,6 +219,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the convergence results here")
     parser.add_argument("--oracle-seeds", nargs="*", type=int, default=[1, 2, 3, 4],
                         help="seeds of the oracle runs (none: skip them)")
+    parser.add_argument("--unbiased-factor", type=int, default=10,
+                        help="where the unbiased peer misses the target in the budget, run plain MD for this many "
+                             "times the budget to bound cgflow/unbiased (0: skip)")
     args = parser.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cgflow-bench-rounds-") as tmp:
@@ -190,6 +231,9 @@ def main(argv=None) -> int:
             where.mkdir(parents=True, exist_ok=True)
             results[name] = run_campaign(name, where)
             results[name]["oracle"] = run_oracle(name, base, args.oracle_seeds)
+            unbiased = results[name]["unbiased"]
+            if args.unbiased_factor > 1 and None in (unbiased["steps_to_target"], unbiased.get("steps_to_stay")):
+                results[name]["unbiased_long"] = run_unbiased(name, base, args.unbiased_factor)
             print("\n".join(table(name, results[name])), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -252,6 +252,23 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
         assert np.ptp(flat) < 0.5 * campaign.sampling.kT, (name, np.ptp(flat))
 
 
+def test_the_benchmark_long_unbiased_run_is_plain_md_for_ten_times_the_budget():
+    """bench-rounds bounds cgflow/unbiased with plain MD for 10x the campaign's budget: one round
+    with no bias from the same walkers, scored at as many budget points, 10x as far apart."""
+    import numpy as np
+
+    from cgflow.analysis.convergence import budget_schedule
+
+    bench = _bench_rounds()
+    for name, config in bench.SYSTEMS.items():
+        campaign = load_config(copy.deepcopy(config))
+        long = load_config(bench.unbiased_config(name, 10))
+        assert long.guidance.rounds == 0 and long.guidance.initial_bias is None and not long.analysis.peers, name
+        assert long.sampling.walkers == campaign.sampling.walkers and long.seed == campaign.seed, name
+        # per-walker steps: each point an integer, so 10x a rounded point is at most 10 steps off
+        np.testing.assert_allclose(budget_schedule(long), 10 * budget_schedule(campaign), atol=10, rtol=0)
+
+
 def test_defaults_are_filled():
     campaign = load_config(TOY)
     r = campaign.resolved
