@@ -17,8 +17,10 @@ own multiple-walker mode shares the bias through files in ``biasDir``, each proc
 others' latest Gaussians every ``saveFrequency`` steps; with saveFrequency = frequency and the
 walkers in step, that is this scheme, where a walker sees the others' Gaussians at most one
 deposition period late. Here the sharing is exact and immediate, with no file races, and the
-whole run is reproducible from the campaign seed. The bias factor is ``guidance.gamma``, so
-metadynamics flattens F to the same F/gamma that cgflow's well-tempered target aims at.
+whole run is reproducible from the campaign seed. The bias factor is ``guidance.gamma`` unless
+``analysis.metadynamics.bias_factor`` is given: by default metadynamics flattens F to the same
+F/gamma that cgflow's well-tempered target aims at, but a gamma that suits cgflow may not suit
+metadynamics (on Müller-Brown, 2 against 8), and a peer is compared at its own best.
 
 Toy CVs are clamped to their analysis range, ``min(max(cv, lower), upper)``: OpenMM's
 tabulated bias is zero outside its grid, and a walker that crossed the edge would fall off a
@@ -74,14 +76,14 @@ class MetadSettings:
 
     @classmethod
     def from_campaign(cls, campaign) -> "MetadSettings":
-        """height default kT/2, width default 1/20 of each CV's range, bias factor = gamma."""
+        """height default kT/2, width default 1/20 of each CV's range, bias factor default gamma."""
         from cgflow.analysis.campaign import cv_domain
 
         lower, upper, periodic = cv_domain(campaign)
         m = campaign.analysis.metadynamics
         width = tuple(m["width"] if "width" in m else (hi - lo) / 20 for lo, hi in zip(lower, upper))
         return cls(float(m.get("height", campaign.sampling.kT / 2)), width, int(m["frequency"]), int(m["grid"]),
-                   float(campaign.guidance.gamma), lower, upper, periodic)
+                   float(m.get("bias_factor", campaign.guidance.gamma)), lower, upper, periodic)
 
     def axes(self) -> list[np.ndarray]:
         """The bias grid's points per CV (OpenMM spaces ``grid`` points over [lower, upper],

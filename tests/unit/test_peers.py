@@ -103,6 +103,22 @@ def test_all_walkers_deposit_into_one_shared_bias(double_well_metad):
     np.testing.assert_allclose(snap["F"][-1], F - F.min(), atol=0.05)
 
 
+def test_metadynamics_runs_with_its_own_bias_factor_where_given(tmp_path):
+    """analysis.metadynamics.bias_factor, where given, is the bias factor OpenMM deposits with
+    (each Gaussian's well-tempered height), in place of guidance.gamma, the default."""
+    sampling = {"walkers": 2, "steps": 5000}
+    assert MetadSettings.from_campaign(_campaign(sampling)).bias_factor == 8.0  # the toys' gamma
+    c = _campaign(sampling, analysis={"metadynamics": {"bias_factor": 2.0, "frequency": 100}})
+    assert c.guidance.gamma == 8.0 and MetadSettings.from_campaign(c).bias_factor == 2.0
+    run_metadynamics(c, tmp_path)
+    snap = read_snapshots(tmp_path / "fes_snapshots.npz")
+    h0, V = MetadSettings.from_campaign(c).height, np.array(
+        [_hill_bias(c, snap, i)(snap["hills_cv"][i:i + 1])[0] for i in range(1, len(snap["hills_height"]))])
+    heights = snap["hills_height"][1:]
+    np.testing.assert_allclose(heights, h0 * np.exp(-V / c.sampling.kT), rtol=1e-6, atol=1e-9)  # dT = (2 - 1) T
+    assert np.abs(heights / (h0 * np.exp(-V / (7 * c.sampling.kT))) - 1).max() > 0.1  # not gamma's 8
+
+
 def test_killed_metadynamics_resumes_to_the_uninterrupted_output(tmp_path):
     c = _campaign({"walkers": 4, "steps": 100000, "report_interval": 100, "checkpoint_interval": 10000})
     config = tmp_path / "config.yaml"
