@@ -193,15 +193,15 @@ def table(name: str, conv: dict) -> list[str]:
                  "MBAR's guess), by round: " + " ".join(f"{k}:{n}" for k, n in outside))
     long = conv.get("unbiased_long")
     if long:
-        horizon = long["factor"] * budget
-        lines.append(f"  unbiased MD for {long['factor']}x the budget ({horizon:,} FG steps, one run): steps to target "
-                     f"{show(long['steps_to_target'], horizon)}, below it from {show(long.get('steps_to_stay'), horizon)} on, "
-                     f"final RMSE {long['curve'][-1][1]:.3f} kT")
+        long_budget = long["factor"] * budget
+        lines.append(f"  unbiased MD for {long['factor']}x the budget ({long_budget:,} FG steps, one run): steps to target "
+                     f"{show(long['steps_to_target'], long_budget)}, below it from "
+                     f"{show(long.get('steps_to_stay'), long_budget)} on, final RMSE {long['curve'][-1][1]:.3f} kT")
     for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
         for peer, goal in (("unbiased", 0.1), ("metadynamics", 0.7)):
             theirs_conv, horizon, source = conv[peer], budget, ""
             if peer == "unbiased" and long and conv[peer].get(key) is None:
-                theirs_conv, horizon, source = long, long["factor"] * budget, f"; unbiased: the {long['factor']}x run"
+                theirs_conv, horizon, source = long, long_budget, f"; unbiased: the {long['factor']}x run"
             mine, theirs = conv["cgflow"].get(key), theirs_conv.get(key)
             if mine is None:
                 ratio = "n/a (cgflow did not reach the target)"
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                         help="seeds of the oracle runs (none: skip them)")
     parser.add_argument("--unbiased-factor", type=int, default=10,
                         help="where the unbiased peer misses the target in the budget, run plain MD for this many "
-                             "times the budget to bound cgflow/unbiased (0: skip)")
+                             "times the budget to bound cgflow/unbiased (0 or 1: skip)")
     args = parser.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cgflow-bench-rounds-") as tmp:
