@@ -79,7 +79,7 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     bias = BiasGrid.zeros(names, lower, [u for u in upper], periodic, g.bias_grid)
     points = bias.points
     V = basis(points) @ policy.coefficients
-    _, eps_b = ensemble_at(model, grid, kT, points)
+    F_b, eps_b = ensemble_at(model, grid, kT, points)
     sigma = trust(eps_b, g.e0, g.e1) * support(points)
     # the cap: the well-tempered fill (1 - 1/gamma) of the free-energy range over the trusted
     # region (policy.fill). The range is the larger of the CG model's and the reweighted data's:
@@ -95,7 +95,7 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
         cap = (1 - 1 / g.gamma) * (spread + g.overfill)
         if g.barrier is not None:
             cap = min(cap, g.barrier)
-        applied = fill(V, sigma, cap)
+        applied = fill(V, sigma, cap, F_b)
     else:
         log.warning("round %d: the CG ensemble is trusted nowhere with enough frames; the next round runs "
                     "unbiased (more frames per round, or a lower guidance.min_frames)", round_index)

@@ -13,14 +13,14 @@ with the trust weight sigma(eps(s)) (1 below e0, cosine to 0 at e1, eps the ense
 disagreement): the bias is learnt only where the CG model is trusted, and there its minimiser
 is V = -F - kT ln p_target + c. Omega is convex in a, so L-BFGS finds the minimum.
 
-The applied bias is sigma(eps) clip(V - max V + cap, 0, cap), the maximum over the trusted
-region and cap = (1 - 1/gamma) times its free-energy range: it fills the known basins from their
-bottoms, is zero toward the frontier of what the model knows, and so pushes walkers there to
-explore freely beyond it. ``guidance.overfill`` adds to that range, so the frontier keeps
-(1 - 1/gamma) overfill of bias and the walkers meet the unknown that much lower: on alanine the
-frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round. ``guidance.barrier``
-bounds cap (OPES's BARRIER), so the fill stops growing with the walkers' reach once it can lower
-the highest barrier that matters.
+The applied bias is sigma(eps) clip(V - V_0 + cap, 0, cap), V_0 its value at the bottom of the
+deepest trusted basin and cap = (1 - 1/gamma) times the trusted free-energy range: it fills the
+known basins from their bottoms, is zero toward the frontier of what the model knows, and so
+pushes walkers there to explore freely beyond it. ``guidance.overfill`` adds to that range, so
+the frontier keeps (1 - 1/gamma) overfill of bias and the walkers meet the unknown that much
+lower: on alanine the frontier otherwise climbs the 15 kT phi ~ 0 saddle by about 1 kT a round.
+``guidance.barrier`` bounds cap (OPES's BARRIER), so the fill stops growing with the walkers'
+reach once it can lower the highest barrier that matters.
 """
 
 from __future__ import annotations
@@ -145,17 +145,21 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     return out / out.sum()
 
 
-def fill(V: np.ndarray, sigma: np.ndarray, cap: float) -> np.ndarray:
-    """The bias OpenMM applies, from the policy's V on the bias grid and the trust sigma there:
-    sigma * clip(V - max V + cap, 0, cap), the maximum over the trusted points (sigma >= 0.5).
+def fill(V: np.ndarray, sigma: np.ndarray, cap: float, F: np.ndarray) -> np.ndarray:
+    """The bias OpenMM applies, from the policy's V on the bias grid, the trust sigma and the CG
+    model's free energy F there: sigma * clip(V - V_0 + cap, 0, cap), V_0 the value of V at the
+    bottom of the deepest basin, the trusted point (sigma >= 0.5) where F is lowest.
 
-    Counted down from V's top in the deepest basin, where the most frames pin it, so the basins
-    and barriers get their well-tempered fill; the clip at zero takes only the periphery, toward
-    the frontier, where a basis function the data pin poorly could dip or blow up. Counted up
-    from V's minimum instead, such an edge dip clipped the fill off the basin bottoms: 6-7 kT
-    barriers left on the 2-D double well where (1/gamma) 10 kT = 1.25 kT was due."""
-    on = sigma >= 0.5
-    return sigma * np.clip(V - (V[on].max() - cap), 0.0, cap)
+    Counted down from the deepest basin, where the most frames pin V, so the basins and barriers
+    get their well-tempered fill; the clip takes only the periphery, toward the frontier, where a
+    basis function the data pin poorly could dip or blow up. Counted down from V's maximum
+    instead, such a blow-up set the top: on Müller-Brown at gamma 2 the Legendre series rose
+    2 kT above basin A at the x = -1.5 edge and left A 1 kJ/mol of the 5.4 due. Counted up from
+    V's minimum, an edge dip clipped the fill off the basin bottoms: 6-7 kT barriers left on the
+    2-D double well where (1/gamma) 10 kT = 1.25 kT was due."""
+    on = np.flatnonzero(sigma >= 0.5)
+    bottom = on[np.argmin(F[on])]
+    return sigma * np.clip(V - (V[bottom] - cap), 0.0, cap)
 
 
 @dataclass(frozen=True)
