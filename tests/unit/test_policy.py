@@ -137,8 +137,8 @@ def test_the_bias_fills_basins_and_barrier_to_the_well_tempered_level_despite_an
     """V = -(1 - 1/gamma) F on a 10 kT double well, trusted for |x| < 1.4, with a 5 kT dip or
     bump near the trust edge (a basis function the data pin poorly): the applied bias leaves the
     barrier at 10 kT / gamma above both basins, is never negative or above the cap, and is off
-    untrusted. The bump is above V's value in the basins, so a fill counted from V's maximum
-    would lose 5 kT."""
+    untrusted. The bump rises 0.8-1.4 kT above V's value in the basins, so a fill counted down
+    from V's maximum would leave the basins and the barrier that much short."""
     x = np.linspace(-1.6, 1.6, 321)
     F = 10 * KT * (x**2 - 1) ** 2
     sigma = np.clip((1.4 - np.abs(x)) / 0.1, 0.0, 1.0)
