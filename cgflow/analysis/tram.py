@@ -133,6 +133,26 @@ def _converge(TRAM, dataset, maxiter: int, maxerr: float, tolerance_kT: float, l
                        f"check the per-round ESS")
 
 
+def _counted_dataset(make, dtrajs: list, ttrajs: list):
+    """``make(dtrajs)``, with every frame that deeptime's counts leave out of its state set to -1.
+
+    ``keep`` joins Markov states by transitions at the lag over whole walker rounds; deeptime
+    counts a round's transitions only within its stretches of frames inside the set, and a round
+    whose stretches are all shorter than the lag gets no counts at all. Its frames in a cell that
+    no other round counts then carry zero state counts in every thermodynamic state, and TRAM's
+    iteration turns them into NaN at once (Müller-Brown on (x, y) at 150 K: a round cut at a
+    budget point while its walkers poured into basin B, crossing through cells only they had
+    seen). Such frames say nothing TRAM can use; set to -1 they are weighted as the outside ones.
+    Setting frames to -1 cuts stretches further, so this repeats until the counts hold."""
+    while True:
+        dataset = make(dtrajs)
+        counted = dataset.state_counts > 0
+        uncounted = [(d >= 0) & ~counted[t, np.maximum(d, 0)] for d, t in zip(dtrajs, ttrajs)]
+        if not any(u.any() for u in uncounted):
+            return dataset
+        dtrajs = [np.where(u, -1, d).astype(np.int32) for d, u in zip(dtrajs, uncounted)]
+
+
 def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: int,
                  maxiter: int = 100000, maxerr: float = 1e-9, tolerance_kT: float = 1e-3,
                  lagtime: int = 1) -> Reweighting:
@@ -187,7 +207,8 @@ def tram_weights(frames, cv_names, biases: list, kT: float, lower, upper, bins: 
     with warnings.catch_warnings():
         # a round whose every walker is outside (or cut short) is linked by its bias energies alone
         warnings.filterwarnings("ignore", message="No transitions for thermodynamic state")
-        dataset = make([np.where(np.isin(d, keep), d, -1).astype(np.int32) for d in in_tram_dtrajs])
+        dataset = _counted_dataset(make, [np.where(np.isin(d, keep), d, -1).astype(np.int32) for d in in_tram_dtrajs],
+                                   ttrajs)
     model = _converge(TRAM, dataset, maxiter, maxerr, tolerance_kT, lagtime)
     in_tram = np.repeat(counted, [len(d) for d in dtrajs])
     log_w = np.full(len(cv), -np.inf)

@@ -252,6 +252,31 @@ def test_a_markov_state_visited_for_less_than_a_lag_is_weighted_by_mbar():
     assert rmse_kT(frames, tram.weights) < 0.3
 
 
+def test_a_round_without_counted_transitions_is_weighted_by_mbar():
+    """Two rounds: one in equilibrium under its bias, and a short unbiased one whose walkers leave
+    for x = -2.2, a cell no transition joins to the rest, and pass once through x = 2.0, a cell
+    only they visit, 10 frames (one lag) after and before a frame in the right well. Over whole
+    walker rounds those lagged transitions join x = 2.0 to the connected set; deeptime, which
+    counts only within stretches of frames inside it, counts none in this round, and its frames at
+    2.0 had zero state counts everywhere: TRAM's iteration went to NaN at once (Müller-Brown on
+    (x, y) at 150 K, a round cut at a budget point while its walkers poured into a new basin).
+    Now the round's frames are weighted by MBAR's equations, the ones up the walls ~1e-30."""
+    rng = np.random.default_rng(5)
+    walkers = 64
+    starts = np.where(rng.random(walkers) < 0.5, -1.0, 1.0)
+    path = np.full(21, -2.2)
+    path[[0, 20]], path[10] = 1.0, 2.0
+    rounds = [brownian(starts, 1 / GAMMA, 8000, rng), np.tile(path[:, None], (1, 4))]
+    frames = frame_table(rounds)
+    biases = [Bias(lambda x: -(1 - 1 / GAMMA) * potential(x)), None]
+    tram = tram_weights(frames, ["x"], biases, KT, [-2.4], [2.4], 48, lagtime=10)
+    second = (frames["round"] == 1).to_numpy()
+    walls = np.abs(frames["x"].to_numpy()) > 1.9
+    assert not tram.connected[second].any() and tram.connected[~second].mean() > 0.95
+    assert np.isfinite(tram.weights).all() and tram.weights[walls].sum() < 1e-30
+    assert rmse_kT(frames, tram.weights) < 0.3
+
+
 def test_markov_states_cover_the_grid_in_c_order():
     cv = np.array([[-1.0, -1.0], [0.99, -1.0], [-1.0, 0.99], [5.0, 5.0]])
     assert markov_states(cv, [-1, -1], [1, 1], 4).tolist() == [0, 12, 3, 15]
