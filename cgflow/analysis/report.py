@@ -25,6 +25,13 @@ from cgflow.io import package_versions, read_provenance, write_json
 
 log = logging.getLogger(__name__)
 
+GAP_WARN_KT = 2.0
+"""A last round whose CG model and policy PMF (``gap_cg_vs_policy_kT``) still disagree by more
+than this is reported as unconverged. Converged bench campaigns ended at 0.5-1.2 kT (Müller-Brown
+at 300 K, the 2-D double well, alanine); Müller-Brown along x at 150 K, whose rounds could not
+equilibrate across a barrier x hides, ended at 3.4 kT (2-6.6 in most rounds after the crossing)
+with its FES 4.7 kT off (tests/benchmarks/HISTORY.md). A heuristic from these few campaigns."""
+
 
 def round_fes(campaign, df, weights_path: Path):
     """The FES from the frames and weights of one round's weights.parquet, and per bin the share
@@ -126,6 +133,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     result["provenance"] = {"config_hash": campaign.hash, "seed": campaign.seed,
                             "versions": package_versions(), "rounds": prov}
     write_json(summary, result)
+    warn_if_unconverged(rounds, summary.name)
     if result["bins_outside_connected"]:
         log.warning("%d FES bins hold mostly frames outside TRAM's connected set (no walker has crossed "
                     "back): their depth rests on MBAR's equilibrium assumption alone, which puts a basin found "
@@ -133,6 +141,20 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
                     result["bins_outside_connected"], out.name)
     log.info("FES: rmse vs reference %s kT (CG model %s kT), coverage %s", result["rmse_vs_reference_kT"],
              result["cg_rmse_vs_reference_kT"], result["reference_coverage"])
+
+
+def warn_if_unconverged(rounds: list[dict], where: str) -> bool:
+    """Warn (and say so) when the last guided round's ``gap_cg_vs_policy_kT`` exceeds GAP_WARN_KT:
+    a FES whose rounds did not equilibrate can stop changing from round to round while kT off."""
+    gaps = [r["gap_cg_vs_policy_kT"] for r in rounds if r.get("gap_cg_vs_policy_kT") is not None]
+    if not gaps or gaps[-1] <= GAP_WARN_KT:
+        return False
+    log.warning("the CG model and the policy's PMF still disagree by %.2g kT after the last guided round "
+                "(gap_cg_vs_policy_kT in %s; they agree at convergence, converged campaigns end below %.2g kT): "
+                "the rounds may not have equilibrated under their biases, as where the CVs hide a slow "
+                "coordinate, and the FES may be kT off though it no longer changes from round to round; check it "
+                "with more rounds or with CVs that resolve the barrier", gaps[-1], where, GAP_WARN_KT)
+    return True
 
 
 def _change(fes, previous, kT: float, cutoff: float) -> float:
