@@ -11,6 +11,8 @@ from cgflow.analysis.report import warn_if_unconverged
 # gap_cg_vs_policy_kT per guided round of bench campaigns (tests/benchmarks/HISTORY.md, 2026-12-06)
 CONVERGED = {
     "Müller-Brown along x, 300 K (FES 0.12 kT off)": [0.1, 0.22, 0.33, 0.27, 0.36, 0.36, 0.38, 0.7, 0.7],
+    "2-D double well (0.07 kT off)": [0.04, 0.14, 0.13, 0.26, 0.42, 0.63, 0.68, 0.64, 0.46, 0.47, 0.57, 0.59, 0.66,
+                                      0.54, 0.58, 0.68],
     "alanine (0.20 kT off)": [0.09, 0.25, 0.22, 0.23, 0.73, 0.59, 0.84, 0.67, 0.96, 1.17, 0.67, 0.67, 0.73, 0.82,
                               0.81, 0.79, 1.0, 1.15, 1.0, 1.14, 1.1, 1.18],
 }
