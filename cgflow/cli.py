@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convergence", help="FES error vs FG steps for cgflow's rounds and the peers")
     p.add_argument("--config", required=True)
     p.add_argument("--samples", nargs="+", required=True, help="samples.parquet of rounds 0..N")
+    p.add_argument("--weights", nargs="+", help="weights.parquet of rounds 0..N: the curve's points at the rounds' "
+                   "ends (refitted from the samples where not given)")
     p.add_argument("--peer", nargs="+", action="extend", metavar="NAME=DIR", help="a peer's output folder")
     p.add_argument("--reference", required=True)
     p.add_argument("--out", required=True, help="convergence.csv")

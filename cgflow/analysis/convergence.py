@@ -79,12 +79,15 @@ def _curve(method: str, rows: list[tuple[int, float, float]]):
     return frame.astype({"fg_steps": "int64", "rmse_kT": float, "coverage": float})
 
 
-def curve_rounds(campaign, sample_paths, reference_F):
+def curve_rounds(campaign, sample_paths, reference_F, weight_paths=()):
     """cgflow's curve from its rounds' samples.parquet files; it stops at the last budget point
-    the given rounds cover (rounds are recognised by the 'round' of their provenance). A budget
-    point inside a round whose reweighting does not converge gets no RMSE (NaN, with a warning):
-    the curve is a diagnostic, and the part-round it reweights is no round's result; a whole
-    round's weights are the reweight rule's, which fails loudly instead."""
+    the given rounds cover (rounds are recognised by the 'round' of their provenance). At the end
+    of round k the weights are round k's ``weight_paths[k]`` where given (the reweight rule's
+    weights.parquet, the same frames and estimator: the curve then refits only part-rounds, which
+    halves its TRAM fits at two budget points per round). A budget point inside a round whose
+    reweighting does not converge gets no RMSE (NaN, with a warning): the curve is a diagnostic,
+    and the part-round it reweights is no round's result; a whole round's weights are the reweight
+    rule's, which fails loudly instead."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.analysis.reweight import NotConverged, campaign_weights
 
@@ -104,7 +107,9 @@ def curve_rounds(campaign, sample_paths, reference_F):
         included = sorted(part["round"].unique())
         index = {k: i for i, k in enumerate(included)}
         cv, weights = part[names].to_numpy(), None
-        if len(part):
+        if share == s.steps and current < len(weight_paths):
+            weights = _round_weights(part, weight_paths[current])
+        elif len(part):
             frames = part.assign(round=part["round"].map(index))
             try:
                 weights = campaign_weights(campaign, frames, [loaded[k] for k in included]).weights
@@ -117,6 +122,20 @@ def curve_rounds(campaign, sample_paths, reference_F):
                 continue
         rows.append((int(t) * s.walkers, *_score(campaign, cv, reference_F, weights)))
     return _curve("cgflow", rows)
+
+
+def _round_weights(frames, path) -> np.ndarray:
+    """The weights ``path`` (one round's weights.parquet) gives ``frames``, which must be all of
+    its frames: those of rounds 0..k."""
+    from pyarrow.parquet import read_metadata
+
+    from cgflow.analysis.reweight import attach_weights
+
+    rows = read_metadata(path).num_rows
+    if rows != len(frames):
+        raise ValueError(f"{path} weighs {rows} frames, but rounds 0..{frames['round'].max()} of the samples "
+                         f"have {len(frames)}: it belongs to other samples")
+    return attach_weights(frames, path)["weight"].to_numpy()
 
 
 def curve_unbiased(campaign, path, reference_F):
@@ -235,8 +254,10 @@ def steps_to_stay(curve, target_kT: float) -> int | None:
 PEER_FILES = {"unbiased": "samples.parquet", "metadynamics": "fes_snapshots.npz"}
 
 
-def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, out_csv, plot_png) -> dict:
-    """Curves of cgflow (``sample_paths``, its rounds) and of the peers (``peer_paths``: method ->
+def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, out_csv, plot_png,
+                      weight_paths=()) -> dict:
+    """Curves of cgflow (``sample_paths``, its rounds, with their ``weight_paths``: see
+    :func:`curve_rounds`) and of the peers (``peer_paths``: method ->
     the peer's out_dir or file) against the reference fes.csv; write ``out_csv`` (one row per
     method and budget point) and ``plot_png``; return the summary: per method its curve
     ([[fg_steps, rmse_kT], ...], None for a budget with no estimate), steps_to_target and
@@ -247,7 +268,7 @@ def write_convergence(campaign, sample_paths, peer_paths: dict, reference_csv, o
     from cgflow.analysis.fes import read_fes_csv
 
     reference = read_fes_csv(reference_csv, list(campaign.system.cv_names)).F
-    curves = [curve_rounds(campaign, sample_paths, reference)] if sample_paths else []
+    curves = [curve_rounds(campaign, sample_paths, reference, weight_paths)] if sample_paths else []
     for method, where in peer_paths.items():
         path = Path(where) / PEER_FILES[method] if Path(where).is_dir() else Path(where)
         make = {"unbiased": curve_unbiased, "metadynamics": curve_metadynamics}[method]
@@ -291,8 +312,8 @@ def _plot(table, target: float, path, title: str) -> None:
 
 
 def cli_convergence(args) -> None:
-    """``cgflow convergence --config C --samples ... --peer NAME=DIR ... --reference R --out CSV
-    --plot PNG --summary-json J``."""
+    """``cgflow convergence --config C --samples ... [--weights ...] --peer NAME=DIR ... --reference R
+    --out CSV --plot PNG --summary-json J``."""
     from cgflow.config import load_config
     from cgflow.io import write_json
 
@@ -304,5 +325,6 @@ def cli_convergence(args) -> None:
                              f"{', '.join(PEER_FILES)}")
         peers[name] = Path(where)
     summary = write_convergence(load_config(Path(args.config)), [Path(p) for p in args.samples or []], peers,
-                                Path(args.reference), Path(args.out), Path(args.plot))
+                                Path(args.reference), Path(args.out), Path(args.plot),
+                                [Path(p) for p in args.weights or []])
     write_json(args.summary_json, summary)

@@ -268,6 +268,33 @@ def test_rounds_curve_leaves_a_part_round_unscored_when_its_reweighting_does_not
         curve_rounds(c, samples, _exact(c))
 
 
+def test_rounds_curve_takes_the_round_ends_from_the_reweight_rule(short_campaign, tmp_path, monkeypatch):
+    """At a round's end the curve reads that round's weights.parquet (the same frames and estimator)
+    and refits only the part-rounds; the curve is the one refitted throughout, and a weights file
+    of other samples is refused."""
+    from cgflow.analysis import reweight
+    from cgflow.analysis.reweight import write_weights
+
+    c, root, samples, _ = short_campaign
+    weights = [tmp_path / "w0.parquet", tmp_path / "w1.parquet"]
+    write_weights(c, samples[:1], [None], weights[0])
+    write_weights(c, samples, [None, root / "round-00" / "bias.npz"], weights[1])
+    refitted = curve_rounds(c, samples, _exact(c))
+    fits, real = [], reweight.campaign_weights
+
+    def counted(campaign, frames, biases):
+        fits.append(frames["round"].max())
+        return real(campaign, frames, biases)
+
+    monkeypatch.setattr(reweight, "campaign_weights", counted)
+    curve = curve_rounds(c, samples, _exact(c), weights)
+    np.testing.assert_allclose(curve.rmse_kT, refitted.rmse_kT, rtol=1e-9)
+    # four budget points per round (analysis.budget_points), two of them round ends
+    assert len(fits) == len(curve) - 2 == 6
+    with pytest.raises(ValueError, match="belongs to other samples"):
+        curve_rounds(c, samples, _exact(c), weights[::-1])
+
+
 def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     from cgflow.analysis.campaign import write_reference
 
@@ -276,7 +303,7 @@ def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     config.write_text(yaml.safe_dump(c.resolved))
     write_reference(c, tmp_path / "reference.csv")
     peers = [f"unbiased={root / 'peers' / 'unbiased'}", f"metadynamics={root / 'peers' / 'metadynamics'}"]
-    args = SimpleNamespace(config=str(config), samples=[str(p) for p in samples], peer=peers,
+    args = SimpleNamespace(config=str(config), samples=[str(p) for p in samples], weights=None, peer=peers,
                            reference=str(tmp_path / "reference.csv"), out=str(tmp_path / "convergence.csv"),
                            plot=str(tmp_path / "convergence.png"), summary_json=str(tmp_path / "convergence.json"))
     cli_convergence(args)

@@ -20,6 +20,7 @@ rule convergence:
     input:
         config=CONFIG_FILE,
         samples=[f"{round_dir(k)}/samples.parquet" for k in ROUNDS],
+        weights=[f"{round_dir(k)}/weights.parquet" for k in ROUNDS],
         biases=[b for b in map(applied_bias, ROUNDS) if b],
         peers=peer_outputs(),
         reference=f"{RESULTS}/reference.csv",
@@ -38,7 +39,7 @@ rule convergence:
     message:
         "FES error vs FG steps: cgflow's rounds beside {CAMPAIGN.analysis.peers}"
     shell:
-        "cgflow convergence --config {input.config} --samples {input.samples} {params.peers} "
+        "cgflow convergence --config {input.config} --samples {input.samples} --weights {input.weights} {params.peers} "
         "--reference {input.reference} "
         "--out {output.csv} --plot {output.plot} --summary-json {output.summary} > {log} 2>&1"
 
