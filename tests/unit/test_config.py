@@ -302,6 +302,16 @@ def test_seed_cells_auto_leaves_two_walkers_per_cell(cv, walkers, cells):
     assert load_config(config).guidance.seed_cells == 3
 
 
+@pytest.mark.parametrize("cv, bins", [("x", 32), (["x", "y"], 16)])
+def test_markov_bins_default_by_the_number_of_cvs(cv, bins):
+    config = copy.deepcopy(TOY)
+    config["system"] = {"type": "toy", "potential": "double_well_2d", "cv": cv}
+    campaign = load_config(config)
+    assert campaign.guidance.markov_bins == bins and campaign.resolved["guidance"]["markov_bins"] == bins
+    config["guidance"] = {"markov_bins": 24}
+    assert load_config(config).guidance.markov_bins == 24
+
+
 def test_strings_from_snakemake_config_option_are_read_as_yaml():
     # `snakemake --config 'sampling={walkers: 8}'` hands nested values over as strings
     campaign = load_config(cfg(sampling={"walkers": "8", "temperature": "310.5", "pin_cpu": "false"},
