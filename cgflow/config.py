@@ -667,8 +667,8 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
                               f"or the path of an existing fes.csv file (no file at {str(path.absolute())!r})")
     g = config["guidance"]
     g.setdefault("gamma", 8.0 if s["type"] == "toy" else 6.0)
-    # as many cells as frames allow: 32 x 32 cells on two CVs left TRAM 10x slower than 16 x 16
-    # and no more accurate (alanine's phi/psi; Müller-Brown's (x, y))
+    # fewer bins per CV as CVs are added, so that the cells stay visited: on two CVs 32 x 32 cells
+    # left TRAM ~10x slower than 16 x 16 and no more accurate (alanine's phi/psi, Müller-Brown's (x, y))
     g.setdefault("markov_bins", {1: 32, 2: 16}.get(n_cvs, 8))
     if g["e1"] <= g["e0"]:
         raise ConfigError(f"guidance.e1: {g['e1']} is not allowed; it must be > guidance.e0 ({g['e0']})")
