@@ -672,8 +672,8 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     g.setdefault("markov_bins", {1: 32, 2: 16}.get(n_cvs, 8))
     if g["e1"] <= g["e0"]:
         raise ConfigError(f"guidance.e1: {g['e1']} is not allowed; it must be > guidance.e0 ({g['e0']})")
-    if len(_cv_items(s["cv"])) > 1 and g["model_grid"] ** len(_cv_items(s["cv"])) > 2_000_000:
-        raise ConfigError(f"guidance.model_grid: {g['model_grid']} is too fine for {len(_cv_items(s['cv']))} CVs; "
+    if n_cvs > 1 and g["model_grid"] ** n_cvs > 2_000_000:
+        raise ConfigError(f"guidance.model_grid: {g['model_grid']} is too fine for {n_cvs} CVs; "
                           "keep model_grid^n_cvs <= 2e6")
     if "initial_bias" in g:
         path = Path(g["initial_bias"]) if base_dir is None else base_dir / g["initial_bias"]

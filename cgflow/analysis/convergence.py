@@ -104,13 +104,12 @@ def curve_rounds(campaign, sample_paths, reference_F, weight_paths=()):
         share = int(t - current * per_round) - s.equilibration
         take = (df["round"] < current) | ((df["round"] == current) & (df["step"] <= share))
         part = df[take]
-        included = sorted(part["round"].unique())
-        index = {k: i for i, k in enumerate(included)}
         cv, weights = part[names].to_numpy(), None
         if share == s.steps and current < len(weight_paths):
             weights = _round_weights(part, weight_paths[current])
         elif len(part):
-            frames = part.assign(round=part["round"].map(index))
+            included = sorted(part["round"].unique())
+            frames = part.assign(round=part["round"].map({k: i for i, k in enumerate(included)}))
             try:
                 weights = campaign_weights(campaign, frames, [loaded[k] for k in included]).weights
             except NotConverged as error:
