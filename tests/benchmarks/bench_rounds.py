@@ -17,10 +17,13 @@ budget under the reference's own well-tempered bias from the first FG step, seed
 the guidance costs against a bias known in advance, and whether this estimator, these walkers
 and frames can meet the target at all. Where unbiased MD misses the target within the budget,
 plain MD from the same start runs for 10x the budget (``run_unbiased``): cgflow/unbiased <= 0.1
-asks whether unbiased MD needs 10x cgflow's steps, a horizon beyond the shared budget.
+asks whether unbiased MD needs 10x cgflow's steps, a horizon beyond the shared budget. For the
+toys, the most a bias on x can do (``exit_bound``): how many times unbiased MD's crossings out of
+the deepest basin it can give at best, from the potential alone; ``--exit-bound 300 150`` prints
+only that, at the given temperatures, in seconds.
 
     python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH] [--oracle-seeds 1 2]
-                                            [--unbiased-factor 10]
+                                            [--unbiased-factor 10] [--exit-bound KELVIN ...]
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ SYSTEMS = {
     # Müller-Brown along x: short rounds (2000 steps = 4 ps), so round 0 alone does not reach
     # the target and the bias is updated often; scored every 32k FG steps (half a round). Its
     # 1/10 of unbiased MD is out of reach at 300 K: a bias that at most flattens the x PMF lowers
-    # basin A's lowest exit (y hides it) by 1.15 kT, 3.2x the crossings at most (HISTORY.md)
+    # basin A's lowest exit (y hides it) by 1.15 kT, 3.2x the crossings at most (exit_bound, HISTORY.md)
     "mb": {
         "campaign": "bench-mb", "seed": 1,
         "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
@@ -174,6 +177,63 @@ def run_oracle(name: str, where: Path, seeds: list[int]) -> dict:
     return results
 
 
+def exit_bound(config: dict, temperature: float | None = None, points: tuple[int, int] = (541, 441)) -> dict:
+    """How much faster a bias on x alone can make walkers leave the deepest basin (A) of
+    ``config``'s 2-D toy, at ``temperature`` (K; None: the config's), if the bias at most flattens
+    the x PMF (the well-tempered family, gamma >= 1).
+
+    On a ``points`` grid over the box, A is the steepest-descent basin of the lowest point and its
+    exits are its edge points. A bias V(x) raises an exit b and A's own valley at b's column by the
+    same V(x_b), and it lifts A's minimum against that column by at most F(x_b) - F(A), so b stays
+    at least max(U_b - valley(x_b), U_b - U_A - (F(x_b) - F(A))) above A. Returns the unbiased
+    barrier of A's lowest exit and that lowest bound (kT, with where they are, nm) and the
+    crossings ratio exp(their difference): at most that many times the crossings of unbiased MD,
+    and so at least its inverse of unbiased MD's FG steps for the round trips a PMF along x needs."""
+    import numpy as np
+    from scipy.special import logsumexp
+
+    from cgflow.config import load_config
+    from cgflow.systems.toy import KB
+
+    campaign = load_config(config)
+    system = campaign.system.build() if campaign.system.is_toy else None
+    if system is None or system.coordinates != ("x", "y") or campaign.system.cv_names != ("x",):
+        raise ValueError("exit_bound needs a toy on x and y with the CV x")
+    kT = campaign.sampling.kT if temperature is None else KB * temperature
+    x, y = (np.linspace(*system.box[c], n) for c, n in zip("xy", points))
+    U = system.potential(**dict(zip("xy", np.meshgrid(x, y, indexing="ij"))))
+    nx, ny = U.shape
+    shifts = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+    neighbours = lambda a, fill: np.stack([np.pad(a, 1, constant_values=fill)[1 + dx:1 + dx + nx, 1 + dy:1 + dy + ny]  # noqa: E731
+                                           for dx, dy in shifts])
+    step = np.array(shifts)[np.argmin(neighbours(U, np.inf), axis=0)]
+    ix, iy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    sink = ((ix + step[..., 0]) * ny + iy + step[..., 1]).ravel()
+    while not np.array_equal(sink[sink], sink):
+        sink = sink[sink]
+    a = int(np.argmin(U))
+    basin = sink.reshape(nx, ny) == a
+    edge = basin & ~neighbours(basin, False).all(axis=0)
+    edge[[0, -1], :] = edge[:, [0, -1]] = False  # the box's walls are no exits
+    F = -kT * logsumexp(-U / kT, axis=1)
+    valley = np.where(basin, U, np.inf).min(axis=1)
+    bx, by = np.nonzero(edge)
+    u_exit, u_a = U[bx, by], U.flat[a]
+    biased = np.maximum(u_exit - valley[bx], u_exit - u_a - np.maximum(F[bx] - F[a // ny], 0.0))
+    low, best = int(np.argmin(u_exit)), int(np.argmin(biased))
+    return {"temperature_K": kT / KB,
+            "barrier_kT": float((u_exit[low] - u_a) / kT), "exit_nm": [float(x[bx[low]]), float(y[by[low]])],
+            "biased_barrier_kT": float(biased[best] / kT), "biased_exit_nm": [float(x[bx[best]]), float(y[by[best]])],
+            "crossings_ratio": float(np.exp((u_exit[low] - u_a - biased[best]) / kT))}
+
+
+def bound_line(bound: dict) -> str:
+    return (f"  bound at {bound['temperature_K']:.0f} K: basin A's lowest exit is {bound['barrier_kT']:.2f} kT up at "
+            f"({bound['exit_nm'][0]:.2f}, {bound['exit_nm'][1]:.2f}) nm; a bias on x that at most flattens the x PMF "
+            f"leaves every exit >= {bound['biased_barrier_kT']:.2f} kT up: <= {bound['crossings_ratio']:.3g}x the "
+            f"crossings of unbiased MD, so cgflow/unbiased >= ~{1 / bound['crossings_ratio']:.2g}")
+
+
 def table(name: str, conv: dict) -> list[str]:
     methods = ("cgflow", "unbiased", "metadynamics")
     budget = max(point[0] for method in methods for point in conv[method]["curve"])
@@ -212,6 +272,8 @@ def table(name: str, conv: dict) -> list[str]:
             else:
                 ratio = f"{mine / theirs:.3f}"
             lines.append(f"  cgflow/{peer:12s} = {ratio:>10s}   (target <= {goal}; {what}{source})")
+    if conv.get("exit_bound"):
+        lines.append(bound_line(conv["exit_bound"]))
     oracle = conv.get("oracle") or {}
     if oracle:
         lines.append(f"  oracle (the reference's well-tempered bias from the first FG step, one round), by seed: "
@@ -230,7 +292,14 @@ def main(argv=None) -> int:
     parser.add_argument("--unbiased-factor", type=int, default=10,
                         help="where the unbiased peer misses the target in the budget, run plain MD for this many "
                              "times the budget to bound cgflow/unbiased (0 or 1: skip)")
+    parser.add_argument("--exit-bound", nargs="+", type=float, metavar="KELVIN",
+                        help="only print exit_bound for the toys of --systems at these temperatures")
     args = parser.parse_args(argv)
+    if args.exit_bound:
+        for name in (n for n in args.systems if SYSTEMS[n]["system"]["type"] == "toy"):
+            for temperature in args.exit_bound:
+                print(f"{name}: {bound_line(exit_bound(SYSTEMS[name], temperature)).strip()}")
+        return 0
     results = {}
     with tempfile.TemporaryDirectory(prefix="cgflow-bench-rounds-") as tmp:
         base = Path(args.keep or tmp)
@@ -238,6 +307,8 @@ def main(argv=None) -> int:
             where = base / name
             where.mkdir(parents=True, exist_ok=True)
             results[name] = run_campaign(name, where)
+            if SYSTEMS[name]["system"]["type"] == "toy":
+                results[name]["exit_bound"] = exit_bound(SYSTEMS[name])
             results[name]["oracle"] = run_oracle(name, base, args.oracle_seeds)
             unbiased = results[name]["unbiased"]
             if args.unbiased_factor > 1 and None in (unbiased["steps_to_target"], unbiased.get("steps_to_stay")):
