@@ -18,9 +18,9 @@ the guidance costs against a bias known in advance, and whether this estimator, 
 and frames can meet the target at all. Where unbiased MD misses the target within the budget,
 plain MD from the same start runs for 10x the budget (``run_unbiased``): cgflow/unbiased <= 0.1
 asks whether unbiased MD needs 10x cgflow's steps, a horizon beyond the shared budget. For the
-toys, the most a bias on x can do (``exit_bound``): how many times unbiased MD's crossings out of
-the deepest basin it can give at best, from the potential alone; ``--exit-bound 300 150`` prints
-only that, at the given temperatures, in seconds.
+toys, the most a bias on the CV can do (``exit_bound``): how many times unbiased MD's crossings
+out of the deepest basin it can give at best, from the potential alone; ``--exit-bound 300 150``
+prints only that, at the given temperatures, in seconds.
 
     python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH] [--oracle-seeds 1 2]
                                             [--unbiased-factor 10] [--exit-bound KELVIN ...]
@@ -178,30 +178,32 @@ def run_oracle(name: str, where: Path, seeds: list[int]) -> dict:
 
 
 def exit_bound(config: dict, temperature: float | None = None, points: tuple[int, int] = (541, 441)) -> dict:
-    """How much faster a bias on x alone can make walkers leave the deepest basin (A) of
-    ``config``'s 2-D toy, at ``temperature`` (K; None: the config's), if the bias at most flattens
-    the x PMF (the well-tempered family, gamma >= 1).
+    """How much faster a bias on the CV alone can make walkers leave the deepest basin (A) of
+    ``config``'s 2-D toy with one CV, at ``temperature`` (K; None: the config's), if the bias at
+    most flattens the PMF along the CV (the well-tempered family, gamma >= 1).
 
     On a ``points`` grid over the box, A is the steepest-descent basin of the lowest point and its
-    exits are its edge points. A bias V(x) raises an exit b and A's own valley at b's column by the
-    same V(x_b), and it lifts A's minimum against that column by at most F(x_b) - F(A), so b stays
-    at least max(U_b - valley(x_b), U_b - U_A - (F(x_b) - F(A))) above A. Returns the unbiased
-    barrier of A's lowest exit and that lowest bound (kT, with where they are, nm) and the
-    crossings ratio exp(their difference): at most that many times the crossings of unbiased MD,
-    and so at least its inverse of unbiased MD's FG steps for the round trips a PMF along x needs."""
+    exits are its edge points; the CV is cut into as many bins as the grid has x columns. A bias
+    V(s) raises an exit b and A's own valley at b's value of the CV by the same V(s_b), and it
+    lifts A's minimum against s_b by at most F(s_b) - F(s_A), so b stays at least
+    max(U_b - valley(s_b), U_b - U_A - (F(s_b) - F(s_A))) above A. Returns the unbiased barrier of
+    A's lowest exit and that lowest bound (kT, with where they are, nm) and the crossings ratio
+    exp(their difference): at most that many times the crossings of unbiased MD, and so at least
+    its inverse of unbiased MD's FG steps for the round trips a PMF along the CV needs."""
     import numpy as np
-    from scipy.special import logsumexp
 
     from cgflow.config import load_config
     from cgflow.systems.toy import KB
 
     campaign = load_config(config)
     system = campaign.system.build() if campaign.system.is_toy else None
-    if system is None or system.coordinates != ("x", "y") or campaign.system.cv_names != ("x",):
-        raise ValueError("exit_bound needs a toy on x and y with the CV x")
+    if system is None or system.coordinates != ("x", "y") or len(system.cvs) != 1:
+        raise ValueError("exit_bound needs a toy on x and y with one CV")
     kT = campaign.sampling.kT if temperature is None else KB * temperature
     x, y = (np.linspace(*system.box[c], n) for c, n in zip("xy", points))
-    U = system.potential(**dict(zip("xy", np.meshgrid(x, y, indexing="ij"))))
+    coords = dict(zip("xy", np.meshgrid(x, y, indexing="ij")))
+    U = system.potential(**coords)
+    cv = system.cvs[0].fn(**{c: coords[c] for c in system.cvs[0].fn.variables})
     nx, ny = U.shape
     shifts = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
     neighbours = lambda a, fill: np.stack([np.pad(a, 1, constant_values=fill)[1 + dx:1 + dx + nx, 1 + dy:1 + dy + ny]  # noqa: E731
@@ -215,13 +217,16 @@ def exit_bound(config: dict, temperature: float | None = None, points: tuple[int
     basin = sink.reshape(nx, ny) == a
     edge = basin & ~neighbours(basin, False).all(axis=0)
     edge[[0, -1], :] = edge[:, [0, -1]] = False  # the box's walls are no exits
-    F = -kT * logsumexp(-U / kT, axis=1)
-    valley = np.where(basin, U, np.inf).min(axis=1)
+    cell = np.minimum(((cv - cv.min()) / np.ptp(cv) * nx).astype(int), nx - 1).ravel()
+    log_mass, valley = np.full(nx, -np.inf), np.full(nx, np.inf)
+    np.logaddexp.at(log_mass, cell, -U.ravel() / kT)
+    np.minimum.at(valley, cell[basin.ravel()], U.ravel()[basin.ravel()])
+    F = -kT * log_mass
     bx, by = np.nonzero(edge)
-    u_exit, u_a = U[bx, by], U.flat[a]
-    biased = np.maximum(u_exit - valley[bx], u_exit - u_a - np.maximum(F[bx] - F[a // ny], 0.0))
+    u_exit, u_a, s_exit = U[bx, by], U.flat[a], cell.reshape(nx, ny)[bx, by]
+    biased = np.maximum(u_exit - valley[s_exit], u_exit - u_a - np.maximum(F[s_exit] - F[cell[a]], 0.0))
     low, best = int(np.argmin(u_exit)), int(np.argmin(biased))
-    return {"temperature_K": kT / KB,
+    return {"temperature_K": kT / KB, "cv": system.cvs[0].expression,
             "barrier_kT": float((u_exit[low] - u_a) / kT), "exit_nm": [float(x[bx[low]]), float(y[by[low]])],
             "biased_barrier_kT": float(biased[best] / kT), "biased_exit_nm": [float(x[bx[best]]), float(y[by[best]])],
             "crossings_ratio": float(np.exp((u_exit[low] - u_a - biased[best]) / kT))}
@@ -229,7 +234,7 @@ def exit_bound(config: dict, temperature: float | None = None, points: tuple[int
 
 def bound_line(bound: dict) -> str:
     return (f"  bound at {bound['temperature_K']:.0f} K: basin A's lowest exit is {bound['barrier_kT']:.2f} kT up at "
-            f"({bound['exit_nm'][0]:.2f}, {bound['exit_nm'][1]:.2f}) nm; a bias on x that at most flattens the x PMF "
+            f"({bound['exit_nm'][0]:.2f}, {bound['exit_nm'][1]:.2f}) nm; a bias on {bound['cv']} that at most flattens its PMF "
             f"leaves every exit >= {bound['biased_barrier_kT']:.2f} kT up: <= {bound['crossings_ratio']:.3g}x the "
             f"crossings of unbiased MD, so cgflow/unbiased >= ~{1 / bound['crossings_ratio']:.2g}")
 

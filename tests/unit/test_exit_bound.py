@@ -1,4 +1,4 @@
-"""The benchmark's bound on what a bias on x can do (``bench_rounds.exit_bound``), on two toys
+"""The benchmark's bound on what a bias on the CV can do (``bench_rounds.exit_bound``), on toys
 whose answer is known in closed form: it is the evidence behind the Müller-Brown target."""
 
 from __future__ import annotations
@@ -35,10 +35,17 @@ def test_a_barrier_along_y_alone_is_not_lowered_by_a_bias_on_x(exit_bound):
     assert bound["crossings_ratio"] == pytest.approx(1.0, abs=0.01)
 
 
-def test_a_barrier_along_x_alone_is_removed_by_flattening_the_x_pmf(exit_bound):
-    # separable, with a y stiffness independent of x: the x PMF is 10 (x^2 - 1)^2 plus a constant,
-    # so flattening it removes the whole barrier and every crossing is e^(10 kJ/mol / kT) faster
-    bound = exit_bound(toy("10*(x^2-1)^2 + 20*y^2", {"x": [-1.6, 1.6], "y": [-1.0, 1.0]}), temperature=250.0)
+@pytest.mark.parametrize("energy, cv, box", [
+    ("10*(x^2-1)^2 + 20*y^2", "x", {"x": [-1.6, 1.6], "y": [-1.0, 1.0]}),
+    # the same valley turned by 45 degrees, with the CV along it
+    ("10*((0.70710678*(x+y))^2-1)^2 + 20*(0.70710678*(x-y))^2", "0.70710678*(x+y)", {"x": [-2.0, 2.0], "y": [-2.0, 2.0]}),
+])
+def test_a_barrier_along_the_cv_alone_is_removed_by_flattening_its_pmf(exit_bound, energy, cv, box):
+    # separable, with a stiffness across the CV independent of it: the PMF is 10 (s^2 - 1)^2 plus
+    # a constant, so flattening it removes the whole barrier and every crossing is e^(10 kJ/mol / kT) faster
+    config = toy(energy, box)
+    config["system"]["cv"] = cv
+    bound = exit_bound(config, temperature=250.0)
     kT = KB * 250
     assert bound["barrier_kT"] == pytest.approx(10 / kT, abs=0.01)
     assert bound["biased_barrier_kT"] == pytest.approx(0.0, abs=0.02)
