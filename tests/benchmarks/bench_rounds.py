@@ -62,6 +62,18 @@ SYSTEMS = {
         "analysis": {"bins": 50, "peers": ["unbiased", "metadynamics"], "budget_points": 2,
                      "metadynamics": {"bias_factor": 8.0}},
     },
+    # not run by default: Müller-Brown at 150 K along s = x - y, a CV that sees basin A's exit (a
+    # bias on it may speed the crossings up ~4500x: exit_bound), for whoever weighs the target of
+    # 1/10 of unbiased MD on Müller-Brown: there plain MD still reaches it in ~1M FG steps, and
+    # neither method gets near a tenth of that (HISTORY.md)
+    "mb150": {
+        "campaign": "bench-mb150", "seed": 1,
+        "system": {"type": "toy", "potential": "muller_brown", "cv": {"s": "x - y"}},
+        "sampling": {"walkers": 32, "steps": 2000, "report_interval": 50, "temperature": 150.0},
+        "guidance": {"rounds": 14, "train_steps": 600},
+        "analysis": {"bins": 50, "peers": ["unbiased", "metadynamics"], "budget_points": 2,
+                     "metadynamics": {"bias_factor": 8.0}},
+    },
     # the 2-D double well (10 kT barrier along x). Many short rounds: the frontier of what the
     # CG model knows moves by a few kT per round whatever the round's length, so a round need
     # only be long enough to relax in its bias and to give TRAM transitions at its 1 ps lag
