@@ -33,3 +33,14 @@ def cli_env():
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+@pytest.fixture(scope="session")
+def bench_rounds():
+    """tests/benchmarks/bench_rounds.py as a module (benchmarks are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "tests" / "benchmarks" / "bench_rounds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

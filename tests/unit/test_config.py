@@ -194,26 +194,15 @@ def test_the_examples_are_there_with_distinct_campaign_names():
     assert len(set(campaigns)) == len(campaigns)
 
 
-def _bench_rounds():
-    """tests/benchmarks/bench_rounds.py as a module (benchmarks are not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "tests" / "benchmarks" / "bench_rounds.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_the_benchmark_campaigns_are_valid_configs():
+def test_the_benchmark_campaigns_are_valid_configs(bench_rounds):
     """bench-rounds runs for hours: a key or value the schema no longer takes must fail here."""
-    bench = _bench_rounds()
-    assert set(bench.SYSTEMS) == {"mb", "dw2d", "alanine"}
-    for name, config in bench.SYSTEMS.items():
+    assert set(bench_rounds.SYSTEMS) == {"mb", "mb150", "dw2d", "alanine"}
+    for name, config in bench_rounds.SYSTEMS.items():
         campaign = load_config(copy.deepcopy(config))
         assert campaign.name == config["campaign"] and campaign.guidance.rounds > 0, name
 
 
-def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(tmp_path):
+def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(tmp_path, bench_rounds):
     """bench-rounds' oracle runs the reference's well-tempered bias from the first FG step: under
     it, F_ref + bias must be F_ref / gamma below the cap (barrier), and its one round must be scored at
     cgflow's budget points."""
@@ -224,15 +213,14 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
     from cgflow.analysis.fes import read_fes_csv
     from cgflow.guidance.bias import BiasGrid
 
-    bench = _bench_rounds()
     for name in ("dw2d", "alanine"):
-        config = copy.deepcopy(bench.SYSTEMS[name])
+        config = copy.deepcopy(bench_rounds.SYSTEMS[name])
         campaign = load_config(config)
         reference = tmp_path / f"{name}.csv"
         write_reference(campaign, reference)
         bias_path = tmp_path / f"{name}.npz"
-        bench.ideal_bias(config, reference, bias_path)
-        oracle = load_config(bench.oracle_config(name, 3, bias_path))
+        bench_rounds.ideal_bias(config, reference, bias_path)
+        oracle = load_config(bench_rounds.oracle_config(name, 3, bias_path))
         assert oracle.guidance.rounds == 0 and oracle.guidance.initial_bias == str(bias_path.resolve())
         np.testing.assert_array_equal(budget_schedule(oracle), budget_schedule(campaign))
 
@@ -252,17 +240,16 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
         assert np.ptp(flat) < 0.5 * campaign.sampling.kT, (name, np.ptp(flat))
 
 
-def test_the_benchmark_long_unbiased_run_is_plain_md_for_ten_times_the_budget():
+def test_the_benchmark_long_unbiased_run_is_plain_md_for_ten_times_the_budget(bench_rounds):
     """bench-rounds bounds cgflow/unbiased with plain MD for 10x the campaign's budget: one round
     with no bias from the same walkers, scored at as many budget points, 10x as far apart."""
     import numpy as np
 
     from cgflow.analysis.convergence import budget_schedule
 
-    bench = _bench_rounds()
-    for name, config in bench.SYSTEMS.items():
+    for name, config in bench_rounds.SYSTEMS.items():
         campaign = load_config(copy.deepcopy(config))
-        long = load_config(bench.unbiased_config(name, 10))
+        long = load_config(bench_rounds.unbiased_config(name, 10))
         assert long.guidance.rounds == 0 and long.guidance.initial_bias is None and not long.analysis.peers, name
         assert long.sampling.walkers == campaign.sampling.walkers and long.seed == campaign.seed, name
         # per-walker steps: each point an integer, so 10x a rounded point is at most 10 steps off

@@ -3,22 +3,16 @@ whose answer is known in closed form: it is the evidence behind the Müller-Brow
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 
-from tests.conftest import ROOT
-
-KB = 0.0083144626181532
+from cgflow.systems.toy import KB
 
 
 @pytest.fixture(scope="module")
-def exit_bound():
-    spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "tests" / "benchmarks" / "bench_rounds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.exit_bound
+def exit_bound(bench_rounds):
+    return bench_rounds.exit_bound
 
 
 def toy(energy: str, box: dict) -> dict:
