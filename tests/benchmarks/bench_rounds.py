@@ -46,7 +46,7 @@ SYSTEMS = {
     # Müller-Brown along x: short rounds (2000 steps = 4 ps), so round 0 alone does not reach
     # the target and the bias is updated often; scored every 32k FG steps (half a round). Its
     # 1/10 of unbiased MD is out of reach at 300 K: a bias that at most flattens the x PMF lowers
-    # basin A's lowest exit (y hides it) by 1.15 kT, 3.2x the crossings at most (exit_bound, HISTORY.md)
+    # basin A's lowest exit (y hides it) by 1.17 kT, 3.2x the crossings at most (exit_bound, HISTORY.md)
     "mb": {
         "campaign": "bench-mb", "seed": 1,
         "system": {"type": "toy", "potential": "muller_brown", "cv": "x"},
