@@ -15,8 +15,8 @@ def exit_bound(bench_rounds):
     return bench_rounds.exit_bound
 
 
-def toy(energy: str, box: dict) -> dict:
-    return {"campaign": "bound", "system": {"type": "toy", "energy": energy, "cv": "x", "box": box}}
+def toy(energy: str, box: dict, cv: str = "x") -> dict:
+    return {"campaign": "bound", "system": {"type": "toy", "energy": energy, "cv": cv, "box": box}}
 
 
 def test_a_barrier_along_y_alone_is_not_lowered_by_a_bias_on_x(exit_bound):
@@ -37,9 +37,7 @@ def test_a_barrier_along_y_alone_is_not_lowered_by_a_bias_on_x(exit_bound):
 def test_a_barrier_along_the_cv_alone_is_removed_by_flattening_its_pmf(exit_bound, energy, cv, box):
     # separable, with a stiffness across the CV independent of it: the PMF is 10 (s^2 - 1)^2 plus
     # a constant, so flattening it removes the whole barrier and every crossing is e^(10 kJ/mol / kT) faster
-    config = toy(energy, box)
-    config["system"]["cv"] = cv
-    bound = exit_bound(config, temperature=250.0)
+    bound = exit_bound(toy(energy, box, cv), temperature=250.0)
     kT = KB * 250
     assert bound["barrier_kT"] == pytest.approx(10 / kT, abs=0.01)
     assert bound["biased_barrier_kT"] == pytest.approx(0.0, abs=0.02)
