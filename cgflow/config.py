@@ -293,6 +293,7 @@ class CGConfig:
     re_epochs: int
     re_lr: float
     re_sim_steps: int
+    re_equilibration_steps: int
     re_replicas: int
     n_eff_threshold: float
     md_timestep: float
@@ -308,7 +309,8 @@ class CGConfig:
         return {"fm": {"batch_size": self.fm_batch_size, "lr": self.fm_lr, "epochs": self.fm_epochs,
                        "patience": self.patience},
                 "re": {"lr": self.re_lr, "epochs": self.re_epochs, "sim_steps": self.re_sim_steps,
-                       "replicas": self.re_replicas, "report_interval": max(1, self.re_sim_steps // 20)},
+                       "replicas": self.re_replicas, "report_interval": max(1, self.re_sim_steps // 20),
+                       "equilibration": self.re_equilibration_steps},
                 "md": {"timestep": self.md_timestep, "friction": self.md_friction, "precision": self.md_precision,
                        "compile": self.md_compile, "device": self.md_device},
                 "n_eff_threshold": self.n_eff_threshold}
