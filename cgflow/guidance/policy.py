@@ -49,7 +49,8 @@ def _support_edges(lower, upper) -> list[np.ndarray]:
 
 def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
     """A smooth [0, 1] map of where FG frames exist: per cell of a SUPPORT_BINS-per-CV grid,
-    1 from ``min_frames`` frames up, a cosine down to 0 at none; linear between cell centres.
+    1 from ``min_frames`` frames up, a cosine down to 0 at none; linear between cell centres,
+    and the outermost cell's value from its centre to the box edge of a non-periodic CV.
 
     The ensemble disagreement alone cannot mark the unvisited: maximum likelihood pushes every
     member's energy up where there are no frames, so the members agree that it is high, and a
@@ -66,13 +67,15 @@ def data_support(cv: np.ndarray, lower, upper, periodic, min_frames: int):
             width = upper[i] - lower[i]
             values = np.concatenate([np.take(values, [-1], axis=i), values, np.take(values, [0], axis=i)], axis=i)
             axes[i] = np.concatenate([[axes[i][-1] - width], axes[i], [axes[i][0] + width]])
-    interpolate = RegularGridInterpolator(axes, values, bounds_error=False, fill_value=None)
+    interpolate = RegularGridInterpolator(axes, values)
 
     def support(points: np.ndarray) -> np.ndarray:
         points = np.atleast_2d(points).astype(float).copy()
         for i, p in enumerate(periodic):
             if p:
                 points[:, i] = lower[i] + np.mod(points[:, i] - lower[i], upper[i] - lower[i])
+            else:
+                points[:, i] = np.clip(points[:, i], axes[i][0], axes[i][-1])
         return np.clip(interpolate(points), 0.0, 1.0)
 
     return support

@@ -170,6 +170,16 @@ def test_data_support_marks_only_where_frames_are():
     assert values.min() >= 0 and values.max() <= 1 and np.abs(np.diff(values)).max() < 0.2
 
 
+def test_data_support_holds_the_outermost_cell_to_the_box_edge():
+    width = 4.0 / SUPPORT_BINS
+    cv = np.full((5, 1), 2.0 - width / 2)  # half of min_frames in the last cell, none in the one before
+    support = data_support(cv, (-2.0,), (2.0,), (False,), min_frames=10)
+    held = support(np.array([[2.0 - width / 2]]))[0]
+    assert 0 < held < 1
+    # a line through the last two cell centres would climb past the frames' own cell
+    assert support(np.array([[2.0], [2.5]])).tolist() == pytest.approx([held, held])
+
+
 def test_data_support_wraps_periodic_cvs():
     cv = np.concatenate([np.full((50, 1), -3.1), np.full((50, 1), 3.1)])
     support = data_support(cv, (-np.pi,), (np.pi,), (True,), min_frames=10)
