@@ -146,7 +146,7 @@ class CGSimulator:
     The replicas arrive from the model of the previous call; the first ``equilibration`` steps of
     each call relax them to the current model and are not returned (chemtrain's ``t_equilib``).
     Without them the frames lag the model and bias the gradient: a harmonic bond learned by RE
-    came out 6 % too stiff (tests/unit/test_cg_re_training.py)."""
+    came out 5-9 % too stiff (tests/unit/test_cg_re_training.py)."""
 
     def __init__(self, forces, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0,
                  seed=0, equilibration=0):
