@@ -296,6 +296,7 @@ class CGConfig:
     re_equilibration_steps: int
     re_replicas: int
     n_eff_threshold: float
+    re_max_reuse: int
     md_timestep: float
     md_friction: float
     md_steps: int
@@ -310,7 +311,7 @@ class CGConfig:
                        "patience": self.patience},
                 "re": {"lr": self.re_lr, "epochs": self.re_epochs, "sim_steps": self.re_sim_steps,
                        "replicas": self.re_replicas, "report_interval": max(1, self.re_sim_steps // 20),
-                       "equilibration": self.re_equilibration_steps},
+                       "equilibration": self.re_equilibration_steps, "max_reuse": self.re_max_reuse},
                 "md": {"timestep": self.md_timestep, "friction": self.md_friction, "precision": self.md_precision,
                        "compile": self.md_compile, "device": self.md_device},
                 "n_eff_threshold": self.n_eff_threshold}

@@ -146,7 +146,7 @@ class CGSimulator:
     The replicas arrive from the model of the previous call; the first ``equilibration`` steps of
     each call relax them to the current model and are not returned (chemtrain's ``t_equilib``).
     Without them the frames lag the model and bias the gradient: a harmonic bond learned by RE
-    came out 5-9 % too stiff (tests/unit/test_cg_re_training.py)."""
+    came out 2-9 % too stiff (tests/unit/test_cg_re_training.py)."""
 
     def __init__(self, forces, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0,
                  seed=0, equilibration=0):
@@ -202,7 +202,7 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
     if objective in ("re", "fm+re"):
         done.append(RelativeEntropy(model, x, simulate, kT, fg_weights=w, threshold=cfg["n_eff_threshold"],
                                     lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
-                                    seed=seed, divergence_factor=1e6).fit())
+                                    seed=seed, divergence_factor=1e6, max_reuse=sim_cfg["max_reuse"]).fit())
     if objective == "difftre":
         v = np.full(len(x), 1 / len(x)) if w is None else np.asarray(w) / np.sum(w)
         target = torch.as_tensor(v @ phipsi_hist(torch.as_tensor(x), PHI_BEADS, PSI_BEADS).numpy())

@@ -23,12 +23,12 @@ def surrogate(model, x_fg, v_fg, x_cg, w_cg, kT: float) -> torch.Tensor:
 
 class RelativeEntropy(Trainer):
     def __init__(self, model, x_fg, simulate, kT: float, fg_weights=None, threshold: float = 0.9,
-                 batch_size: int | None = None, **kwargs) -> None:
+                 batch_size: int | None = None, max_reuse: int | None = None, **kwargs) -> None:
         super().__init__(model, **kwargs)
         self.x_fg = torch.as_tensor(x_fg, dtype=torch.float64)
         v = torch.ones(len(self.x_fg), dtype=torch.float64) if fg_weights is None else torch.as_tensor(fg_weights, dtype=torch.float64)
         self.v_fg = v / v.sum()
-        self.samples = ReweightedSamples(simulate, kT, threshold)
+        self.samples = ReweightedSamples(simulate, kT, threshold, max_reuse)
         self.kT, self.batch_size = kT, batch_size
 
     def epoch(self) -> dict:

@@ -27,7 +27,7 @@ CFG = {"fm": {"batch_size": 256, "lr": 3e-3, "epochs": 40, "patience": 8},
        # RE: persistent CG chains (as in persistent contrastive divergence) need a learning rate small
        # against their mixing and many replicas; 3e-3 with 32 replicas drifted into 1.8-2.1 kT FES errors
        "re": {"lr": 1e-3, "epochs": 300, "sim_steps": 400, "replicas": 128, "report_interval": 20,
-              "equilibration": 200},
+              "equilibration": 200, "max_reuse": 10},
        "md": {"timestep": 0.002, "friction": 1.0, "precision": "float32", "compile": True,
               "device": "auto"}, "n_eff_threshold": 0.9}
 

@@ -18,7 +18,7 @@ def test_cg_defaults_and_trainer_settings():
     assert c.objectives == ("re",) and c.network == "pair_mlp" and c.n_eff_threshold == 0.9
     s = c.trainer_settings()
     assert s["re"]["sim_steps"] == 400 and s["re"]["report_interval"] == 20 and s["md"]["timestep"] == 0.002
-    assert s["re"]["equilibration"] == 200
+    assert s["re"]["equilibration"] == 200 and s["re"]["max_reuse"] == 10
 
 
 def test_cg_bad_values_are_rejected():

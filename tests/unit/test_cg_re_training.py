@@ -47,8 +47,10 @@ def _dimer_frames(n: int, bias_slope: float, rng) -> tuple[np.ndarray, np.ndarra
 
 
 def _cfg() -> dict:
-    return {"re": {"lr": 0.02, "epochs": 150, "sim_steps": 500, "replicas": 512, "report_interval": 25,
-                   "equilibration": 250},
+    # max_reuse above the default 10: fresh samples every 10 updates would shake the last iterate by
+    # their own noise, and this test is about the estimator's bias
+    return {"re": {"lr": 0.02, "epochs": 150, "sim_steps": 500, "replicas": 1024, "report_interval": 25,
+                   "equilibration": 250, "max_reuse": 50},
             "md": {"timestep": 0.002, "friction": 5.0, "precision": "float64", "compile": False, "device": "cpu"},
             "n_eff_threshold": 0.9}
 
@@ -56,7 +58,7 @@ def _cfg() -> dict:
 @pytest.mark.parametrize("biased", [False, True], ids=["unbiased-frames", "biased-frames-reweighted"])
 def test_relative_entropy_recovers_the_dimer_bond(biased):
     rng = np.random.default_rng(7)
-    x, v = _dimer_frames(4000, BIAS_SLOPE if biased else 0.0, rng)
+    x, v = _dimer_frames(20_000, BIAS_SLOPE if biased else 0.0, rng)
     r = np.linalg.norm(x[:, 1] - x[:, 0], axis=1)
     data = {"x": x, "f": np.zeros_like(x), "masses": np.array([12.0, 12.0]), "temperature": T}
     if biased:
@@ -68,7 +70,7 @@ def test_relative_entropy_recovers_the_dimer_bond(biased):
     (trainer,) = train("re", model, data, _cfg(), seed=3)
 
     k, r0 = float(torch.exp(model.log_k.detach())), float(model.r0_angstrom.detach()) / 10
-    assert k == pytest.approx(K_TRUE, rel=0.06)
+    assert k == pytest.approx(K_TRUE, rel=0.04)  # 2-8 % too stiff without the equilibration segment
     assert r0 == pytest.approx(R0_TRUE, abs=0.004)
     sims = trainer.history[-1]["simulations"]
-    assert 1 < sims < len(trainer.history), "the N_eff rule should re-simulate sometimes, not every update"
+    assert 1 < sims < len(trainer.history), "CG samples should serve several updates and be refreshed"

@@ -139,3 +139,25 @@ def test_samples_are_reused_until_n_eff_falls_below_the_threshold():
     w, _ = cache.weights(model)
     assert len(calls) == 2 and n_eff(w) == pytest.approx(20_000)
     assert torch.equal(calls[-1], model.theta.detach())
+
+
+def test_samples_are_refreshed_after_max_reuse_updates_whatever_n_eff_says():
+    calls = []
+
+    def simulate(model):
+        calls.append(1)
+        return torch.linspace(-1, 1, 100, dtype=torch.float64)[:, None]
+
+    model = Quartic(-4.0, 1.5, 0.0)  # unchanged, so N_eff stays N
+    cache = ReweightedSamples(simulate, kT, threshold=0.9, max_reuse=3)
+    for _ in range(7):
+        w, _ = cache.weights(model)
+        assert n_eff(w) == pytest.approx(100)
+    assert len(calls) == 3  # updates 1-3, 4-6, 7
+    calls.clear()
+    uncapped = ReweightedSamples(simulate, kT, threshold=0.9)
+    for _ in range(7):
+        uncapped.weights(model)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="max_reuse"):
+        ReweightedSamples(simulate, kT, max_reuse=0)
