@@ -26,6 +26,8 @@ def test_cg_bad_values_are_rejected():
         load_config({**ALA, "cg": {"objectives": ["magic"]}})
     with pytest.raises(ConfigError, match="n_eff_threshold"):
         load_config({**ALA, "cg": {"n_eff_threshold": 1.5}})
+    with pytest.raises(ConfigError, match="re_max_reuse"):
+        load_config({**ALA, "cg": {"re_max_reuse": 0}})
     toy = load_config({"campaign": "t", "system": {"type": "toy", "potential": "double_well"}, "cg": {}})
     with pytest.raises(ConfigError, match="alanine_dipeptide"):
         toy.cg
