@@ -223,7 +223,11 @@ def compare_to_reference(fes: FES, reference: FES | np.ndarray, kT: float, cutof
     this is why the estimate is an :class:`FES` (from :func:`histogram_fes`), not a bare array.
 
     Returns ``rmse_kT`` (RMSE over the whole region, in kT; NaN when no region bin was
-    visited), ``coverage`` (fraction of region bins visited) and ``n_bins`` (region size).
+    visited), ``coverage`` (fraction of region bins visited), ``n_bins`` (region size) and
+    ``outside_mass``: the estimate's probability outside the region, where the reference is
+    above the cutoff or has no data. The free shift lets the RMSE ignore that mass entirely
+    (a CG model that puts half its weight in a basin the reference never visits still scores
+    well on the region), so the two are read together.
     """
     F_ref = reference.F if isinstance(reference, FES) else np.asarray(reference, dtype=float)
     if F_ref.shape != fes.F.shape:
@@ -235,8 +239,10 @@ def compare_to_reference(fes: FES, reference: FES | np.ndarray, kT: float, cutof
         raise ValueError("the reference has no bin below the cutoff")
     visited = region & np.isfinite(fes.F)
     coverage = float(visited.sum() / n_bins)
+    mass = _bin_mass(fes, kT)
+    outside_mass = float(mass[~region].sum() / mass.sum())
     if not visited.any():
-        return {"rmse_kT": float("nan"), "coverage": coverage, "n_bins": n_bins}
+        return {"rmse_kT": float("nan"), "coverage": coverage, "n_bins": n_bins, "outside_mass": outside_mass}
     estimate = fes.F
     if coverage < 1:
         if fes.F_detect is None:
@@ -244,7 +250,14 @@ def compare_to_reference(fes: FES, reference: FES | np.ndarray, kT: float, cutof
         estimate = np.where(np.isfinite(fes.F), fes.F, fes.F_detect)
     shift = np.mean(F_ref[visited] - fes.F[visited])
     diff = estimate[region] + shift - F_ref[region]
-    return {"rmse_kT": float(np.sqrt(np.mean(diff**2)) / kT), "coverage": coverage, "n_bins": n_bins}
+    return {"rmse_kT": float(np.sqrt(np.mean(diff**2)) / kT), "coverage": coverage, "n_bins": n_bins,
+            "outside_mass": outside_mass}
+
+
+def _bin_mass(fes: FES, kT: float) -> np.ndarray:
+    """Each bin's probability, up to a constant, from F = -kT ln(p / volume); 0 where F is NaN."""
+    F = np.where(np.isfinite(fes.F), fes.F, np.inf)
+    return _bin_volume(fes.edges) * np.exp(-(F - np.min(F)) / kT)
 
 
 def fes_frame(fes: FES, cv_names, reference: FES | np.ndarray | None = None):

@@ -85,7 +85,10 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     per_round, shares = zip(*[round_fes(campaign, df, w) for w in weights])
     fes, share = per_round[-1], shares[-1]
     frame = fes_frame(fes, names, ref)
-    F_cg = cg_fes(campaign, model)
+    # beyond the frames, the CG model's F is the network's extrapolation, which would read as data
+    # (a short hills campaign's model put a flat basin, 3 kT up, past the last visited bin)
+    F_cg = np.where(np.isfinite(fes.F), cg_fes(campaign, model), np.nan)
+    F_cg -= np.nanmin(F_cg)
     frame.insert(frame.columns.get_loc("F_err_kJmol") + 1, "F_cg_kJmol", F_cg.ravel())
     frame.insert(frame.columns.get_loc("F_cg_kJmol") + 1, "connected_share", share.ravel())
     write_fes_csv(frame, out)
@@ -115,6 +118,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
         "rmse_vs_reference_kT": None,
         "reference_coverage": None,
         "cg_rmse_vs_reference_kT": None,
+        "cg_outside_mass": None,
         "fg_steps_total": int(sum(p["fg_steps"] for p in prov)),
         "n_frames": len(df),
         "platforms": sorted({p["platform"] for p in prov}),
@@ -125,7 +129,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
         cg = compare_to_reference(_as_fes(fes, F_cg), ref, kT, cutoff)
         result.update(rmse_vs_reference_kT=cmp["rmse_kT"], reference_coverage=cmp["coverage"],
                       reference_bins_below_cutoff=cmp["n_bins"], rmse_cutoff_kT=cutoff,
-                      cg_rmse_vs_reference_kT=cg["rmse_kT"])
+                      cg_rmse_vs_reference_kT=cg["rmse_kT"], cg_outside_mass=cg["outside_mass"])
     result["per_round"] = rounds
     result["convergence"] = _json(convergence) or None
     job_wall = [_json(p).get("wall_s", 0.0) for p in [*train_reports, *guide_reports]]

@@ -24,6 +24,8 @@ KB = 0.0083144626181532
 PHI_BEADS = (1, 3, 4, 6)  # heavy-atom bead indices of C(ACE)-N-CA-C
 PSI_BEADS = (3, 4, 6, 8)  # N-CA-C-N(NME)
 OBJECTIVES = ("fm", "re", "difftre", "fm+re")
+OUTSIDE_WARN = 0.1
+"""CG probability outside the FG's (phi, psi) region above which cg-train warns (FG's own: ~0.002)."""
 
 
 def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=100, equilibration=5000,
@@ -307,7 +309,13 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     write_text(out_dir / "fes.csv", frame.to_csv(index=False, float_format="%.6g"))
     write_json(out_dir / "summary.json", {
         "objective": objective, "fes_rmse_vs_fg_kT": score["rmse_kT"], "fes_coverage": score["coverage"],
+        "cg_mass_outside_fg": score["outside_mass"],
         "fes_bins_below_cutoff": score["n_bins"], "cg_md_ns": traj.steps * c.md_timestep / 1000 * c.md_replicas,
         "cg_md_timestep_ps": c.md_timestep, "cg_replica_steps_per_s": rate,
         "fg_steps_per_s": float(data["steps_per_s"]), "cg_over_fg_speed": rate / float(data["steps_per_s"]),
         "wall_s": time.perf_counter() - t0, "provenance": _provenance(campaign)})
+    if score["outside_mass"] > OUTSIDE_WARN:
+        log.warning("cg/%s: CG MD puts %.0f %% of its probability where the FG data has (almost) none "
+                    "(cg_mass_outside_fg); its FES RMSE of %.2f kT cannot see that. Force matching extrapolates "
+                    "into such regions; relative entropy (re) pushes the CG samples back out of them",
+                    objective, 100 * score["outside_mass"], score["rmse_kT"])

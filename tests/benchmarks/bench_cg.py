@@ -1,7 +1,8 @@
 """Bead-CG benchmark on alanine dipeptide (``make bench-cg``): FM vs RE on the same FG data.
 
 Reports, in one run and one JSON (``results/bench-cg/bench_cg.json``): the CG-MD (phi, psi)
-FES RMSE against the FG FES for force matching and for relative entropy; whether each model
+FES RMSE against the FG FES for force matching and for relative entropy, with the CG probability
+outside the FG's region (``outside_mass``, which the aligned RMSE cannot see); whether each model
 is stable for ``--cg-ns`` ns of CG MD at 2 fs and the largest stable time step; CG MD
 replica-steps/s (eager float64 and compiled float32) against FG OpenMM steps/s of the same
 molecule in vacuum and OBC2 on the faster OpenMM platform (measured side by side here);

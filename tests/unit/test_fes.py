@@ -119,7 +119,20 @@ def test_compare_known_perturbation():
     perturbation = np.where(np.arange(20) % 2 == 0, KT, 0.0)
     result = compare_to_reference(fes, F + perturbation, KT, cutoff_kT=10.0)
     assert result["rmse_kT"] == pytest.approx(0.5)
-    assert result == {"rmse_kT": pytest.approx(0.5), "coverage": 1.0, "n_bins": 20}
+    assert result == {"rmse_kT": pytest.approx(0.5), "coverage": 1.0, "n_bins": 20, "outside_mass": 0.0}
+
+
+def test_compare_reports_the_mass_the_shift_hides_outside_the_region():
+    # bins of widths 1, 1, 2, 1: the estimate matches the reference on the first two, and puts as
+    # much probability density in the 2-wide bin, where the reference has no data, plus a bin above
+    # the cutoff: (2 + 1 e^-7) / (1 + 1 + 2 + e^-7) of its mass is outside
+    edges = (np.array([0.0, 1.0, 2.0, 4.0, 5.0]),)
+    fes = FES(edges=edges, F=np.array([0.0, 0.0, 0.0, 7 * KT]), F_err=np.zeros(4))
+    result = compare_to_reference(fes, np.array([0.0, 0.0, np.nan, 7 * KT]), KT)
+    assert result["rmse_kT"] == pytest.approx(0.0, abs=1e-12)
+    assert result["n_bins"] == 2
+    outside = (2 + np.exp(-7)) / (4 + np.exp(-7))
+    assert result["outside_mass"] == pytest.approx(outside, rel=1e-12)
 
 
 def test_compare_one_well_run_is_penalised_not_dropped():
