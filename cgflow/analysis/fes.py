@@ -240,7 +240,7 @@ def compare_to_reference(fes: FES, reference: FES | np.ndarray, kT: float, cutof
     visited = region & np.isfinite(fes.F)
     coverage = float(visited.sum() / n_bins)
     mass = _bin_mass(fes, kT)
-    outside_mass = float(mass[~region].sum() / mass.sum())
+    outside_mass = float(mass[~region].sum() / mass.sum()) if mass.any() else float("nan")
     if not visited.any():
         return {"rmse_kT": float("nan"), "coverage": coverage, "n_bins": n_bins, "outside_mass": outside_mass}
     estimate = fes.F
@@ -256,8 +256,11 @@ def compare_to_reference(fes: FES, reference: FES | np.ndarray, kT: float, cutof
 
 def _bin_mass(fes: FES, kT: float) -> np.ndarray:
     """Each bin's probability, up to a constant, from F = -kT ln(p / volume); 0 where F is NaN."""
-    F = np.where(np.isfinite(fes.F), fes.F, np.inf)
-    return _bin_volume(fes.edges) * np.exp(-(F - np.min(F)) / kT)
+    finite = np.isfinite(fes.F)
+    if not finite.any():
+        return np.zeros(fes.F.shape)
+    F = np.where(finite, fes.F, np.inf)
+    return _bin_volume(fes.edges) * np.exp(-(F - fes.F[finite].min()) / kT)
 
 
 def fes_frame(fes: FES, cv_names, reference: FES | np.ndarray | None = None):

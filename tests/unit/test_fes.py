@@ -133,6 +133,8 @@ def test_compare_reports_the_mass_the_shift_hides_outside_the_region():
     assert result["n_bins"] == 2
     outside = (2 + np.exp(-7)) / (4 + np.exp(-7))
     assert result["outside_mass"] == pytest.approx(outside, rel=1e-12)
+    unvisited = compare_to_reference(FES(edges=edges, F=np.full(4, np.nan), F_err=np.zeros(4)), fes.F, KT)
+    assert np.isnan(unvisited["rmse_kT"]) and np.isnan(unvisited["outside_mass"])
 
 
 def test_compare_one_well_run_is_penalised_not_dropped():
