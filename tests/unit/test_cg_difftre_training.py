@@ -48,6 +48,16 @@ def _draw(grid, density, n, rng):
     return np.interp(rng.random(n) * cdf[-1], cdf, grid)
 
 
+def _place(A, B, C, b, t, p):
+    """The bead bonded to C at length b, angle B-C-new t and dihedral A-B-C-new p (NeRF)."""
+    bc = (C - B) / np.linalg.norm(C - B, axis=1, keepdims=True)
+    nrm = np.cross(B - A, bc)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    m = np.cross(nrm, bc)
+    return C + (-b * np.cos(t))[:, None] * bc + (b * np.sin(t) * np.cos(p))[:, None] * m \
+        + (b * np.sin(t) * np.sin(p))[:, None] * nrm
+
+
 def _chain_frames(n: int, rng) -> np.ndarray:
     """Exact Boltzmann draws of DihedralChain at TRUE: bonds, angles and dihedrals independently
     by inverse CDF (Jacobian r^2 and sin(theta)), built bead by bead; (n, 10, 3) nm."""
@@ -60,23 +70,11 @@ def _chain_frames(n: int, rng) -> np.ndarray:
     x = rng.normal(scale=0.3, size=(n, 10, 3))  # the beads outside CHAIN
     u = rng.normal(size=(n, 3))
     x[:, CHAIN[1]] = x[:, CHAIN[0]] + _draw(r, bond, n, rng)[:, None] * u / np.linalg.norm(u, axis=1, keepdims=True)
-    v = rng.normal(size=(n, 3))
-    v -= (v * u).sum(1, keepdims=True) * u / (u * u).sum(1, keepdims=True)
-    # third bead: at the drawn angle, in a random plane through the first bond
-    bc = (x[:, CHAIN[1]] - x[:, CHAIN[0]])
-    bc /= np.linalg.norm(bc, axis=1, keepdims=True)
-    m = v / np.linalg.norm(v, axis=1, keepdims=True)
-    t, b = _draw(th, angle, n, rng), _draw(r, bond, n, rng)
-    x[:, CHAIN[2]] = x[:, CHAIN[1]] + (-b * np.cos(t))[:, None] * bc + (b * np.sin(t))[:, None] * m
-    for k, name in ((3, "phi"), (4, "psi")):
-        A, B, C = x[:, CHAIN[k - 3]], x[:, CHAIN[k - 2]], x[:, CHAIN[k - 1]]
-        bc = (C - B) / np.linalg.norm(C - B, axis=1, keepdims=True)
-        nrm = np.cross(B - A, bc)
-        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-        m = np.cross(nrm, bc)
-        b, t, p = _draw(r, bond, n, rng), _draw(th, angle, n, rng), _draw(ph, dih[name], n, rng)
-        x[:, CHAIN[k]] = C + (-b * np.cos(t))[:, None] * bc + (b * np.sin(t) * np.cos(p))[:, None] * m \
-            + (b * np.sin(t) * np.sin(p))[:, None] * nrm
+    # the third bead's plane is random: a uniform dihedral about a random point off the first bond
+    for k, density in ((2, np.ones_like(ph)), (3, dih["phi"]), (4, dih["psi"])):
+        A = x[:, CHAIN[k - 3]] if k > 2 else rng.normal(size=(n, 3))
+        x[:, CHAIN[k]] = _place(A, x[:, CHAIN[k - 2]], x[:, CHAIN[k - 1]], _draw(r, bond, n, rng),
+                                _draw(th, angle, n, rng), _draw(ph, density, n, rng))
     return x
 
 
