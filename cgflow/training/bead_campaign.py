@@ -141,9 +141,24 @@ def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float
     return compare_to_reference(est, ref, kT, cutoff_kT), est, ref
 
 
+def start_frames(n_frames: int, replicas: int, weights: np.ndarray | None, rng) -> np.ndarray:
+    """Indices of the FG frames CG replicas start from: drawn with the frames' unbiased ``weights``
+    (with replacement), or uniformly and distinct while there are enough frames when there are none.
+
+    CG MD shorter than a basin's escape time keeps the distribution it starts in, so replicas
+    started uniformly from the biased rounds' frames would carry the rounds' bias into the CG
+    FES (alanine: a quarter of the rounds' frames, and of such replicas, at phi > 0, against 3 %
+    unbiased)."""
+    if weights is None:
+        return rng.choice(n_frames, size=replicas, replace=n_frames < replicas)
+    p = np.asarray(weights, dtype=float)
+    return rng.choice(n_frames, size=replicas, replace=True, p=p / p.sum())
+
+
 class CGSimulator:
     """Persistent CG MD replicas of ``forces`` (a BeadForces of the model in training): each call
     continues them and returns decorrelated frames (n, N, 3) in double precision, whatever the MD precision.
+    The replicas start from FG frames ``x0`` drawn with their unbiased ``weights`` (:func:`start_frames`).
 
     The replicas arrive from the model of the previous call; the first ``equilibration`` steps of
     each call relax them to the current model and are not returned (chemtrain's ``t_equilib``).
@@ -151,11 +166,10 @@ class CGSimulator:
     came out 2-9 % too stiff (tests/unit/test_cg_re_training.py)."""
 
     def __init__(self, forces, x0, masses, temperature, timestep, steps, replicas, report_interval=50, friction=1.0,
-                 seed=0, equilibration=0):
+                 seed=0, equilibration=0, weights=None):
         import torch
 
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(x0), size=replicas, replace=len(x0) < replicas)
+        pick = start_frames(len(x0), replicas, weights, np.random.default_rng(seed))
         self.x = torch.as_tensor(np.asarray(x0)[pick])
         self.forces, self.masses, self.T, self.dt, self.steps = forces, masses, temperature, timestep, steps
         self.report, self.friction, self.equilibration = report_interval, friction, equilibration
@@ -200,7 +214,7 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
     sim_cfg, md = cfg["re"], cfg["md"]
     simulate = CGSimulator(BeadForces(model, md["precision"], md["compile"], md["device"]), x, data["masses"],
                            data["temperature"], md["timestep"], sim_cfg["sim_steps"], sim_cfg["replicas"],
-                           sim_cfg["report_interval"], md["friction"], seed, sim_cfg["equilibration"])
+                           sim_cfg["report_interval"], md["friction"], seed, sim_cfg["equilibration"], w)
     if objective in ("re", "fm+re"):
         done.append(RelativeEntropy(model, x, simulate, kT, fg_weights=w, threshold=cfg["n_eff_threshold"],
                                     lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
@@ -217,15 +231,15 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
 
 def cg_md(model, data: dict, timestep: float, steps: int, replicas: int, report_interval: int, friction=1.0, seed=0,
           precision: str = "float32", compile: bool = True, device: str = "auto"):
-    """Production CG MD from FG starting structures; returns the trajectory and CG replica-steps/s
-    (steady state: a compile before the first step is not counted)."""
+    """Production CG MD from FG starting structures (:func:`start_frames`); returns the trajectory and
+    CG replica-steps/s (steady state: a compile before the first step is not counted)."""
     import torch
 
     from cgflow.sampling.cg_forces import BeadForces
     from cgflow.sampling.cg_md import langevin_md
 
-    rng = np.random.default_rng(seed)
-    x0 = torch.as_tensor(data["x"][rng.choice(len(data["x"]), size=replicas)])
+    pick = start_frames(len(data["x"]), replicas, data.get("weights"), np.random.default_rng(seed))
+    x0 = torch.as_tensor(data["x"][pick])
     forces = BeadForces(model, precision, compile, device)
     tr = langevin_md(forces, x0, data["masses"], data["temperature"], timestep, steps, friction, report_interval,
                      generator=torch.Generator(device=forces.device).manual_seed(seed))
@@ -317,5 +331,6 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     if score["outside_mass"] > OUTSIDE_WARN:
         log.warning("cg/%s: CG MD puts %.0f %% of its probability where the FG data has (almost) none "
                     "(cg_mass_outside_fg); its FES RMSE of %.2f kT cannot see that. Force matching extrapolates "
-                    "into such regions; relative entropy (re) pushes the CG samples back out of them",
+                    "into such regions: give it FG frames there (cg.fg_data: rounds), or use relative entropy "
+                    "(re), which pushes the CG samples back out of them",
                     objective, 100 * score["outside_mass"], score["rmse_kT"])
