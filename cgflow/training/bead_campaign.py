@@ -142,17 +142,21 @@ def fes_rmse(cg_phipsi, fg_phipsi, kT: float, n_bins: int = 24, cutoff_kT: float
 
 
 def start_frames(n_frames: int, replicas: int, weights: np.ndarray | None, rng) -> np.ndarray:
-    """Indices of the FG frames CG replicas start from: drawn with the frames' unbiased ``weights``
-    (with replacement), or uniformly and distinct while there are enough frames when there are none.
+    """Indices of the FG frames CG replicas start from: drawn with the frames' unbiased ``weights``,
+    or uniformly and distinct while there are enough frames when there are none.
 
     CG MD shorter than a basin's escape time keeps the distribution it starts in, so replicas
     started uniformly from the biased rounds' frames would carry the rounds' bias into the CG
     FES (alanine: a quarter of the rounds' frames, and of such replicas, at phi > 0, against 3 %
-    unbiased)."""
+    unbiased). The weighted draw is systematic resampling: one uniform offset, then a pick every
+    1/replicas of the cumulative weight, so a run of frames holding weight W gets replicas x W
+    starts within one, where independent draws scatter by sqrt(replicas x W) (on alanine, 32
+    replicas and 2.6 % at phi > 0: none there on 43 % of seeds)."""
     if weights is None:
         return rng.choice(n_frames, size=replicas, replace=n_frames < replicas)
-    p = np.asarray(weights, dtype=float)
-    return rng.choice(n_frames, size=replicas, replace=True, p=p / p.sum())
+    cumulative = np.cumsum(np.asarray(weights, dtype=float))
+    points = (rng.random() + np.arange(replicas)) / replicas * cumulative[-1]
+    return np.minimum(np.searchsorted(cumulative, points, side="right"), n_frames - 1)
 
 
 class CGSimulator:
