@@ -149,9 +149,10 @@ def start_frames(n_frames: int, replicas: int, weights: np.ndarray | None, rng) 
     started uniformly from the biased rounds' frames would carry the rounds' bias into the CG
     FES (alanine: a quarter of the rounds' frames, and of such replicas, at phi > 0, against 3 %
     unbiased). The weighted draw is systematic resampling: one uniform offset, then a pick every
-    1/replicas of the cumulative weight, so a run of frames holding weight W gets replicas x W
-    starts within one, where independent draws scatter by sqrt(replicas x W) (on alanine, 32
-    replicas and 2.6 % at phi > 0: none there on 43 % of seeds)."""
+    1/replicas of the cumulative weight, so a run of consecutive frames (the rounds' frames come
+    walker by walker in time order) holding weight W gets replicas x W starts within one, where
+    independent draws scatter by sqrt(replicas x W): on alanine, 32 replicas and 2.6 % of the
+    weight at phi > 0 leave that basin without a replica with probability 0.43."""
     if weights is None:
         return rng.choice(n_frames, size=replicas, replace=n_frames < replicas)
     cumulative = np.cumsum(np.asarray(weights, dtype=float))
