@@ -93,34 +93,28 @@ def make_context(system, n_walkers: int, settings: MDSettings, platform: str, pr
     return context, integrator
 
 
-def _observe(system, context, bias):
-    """Positions (nm), CVs (n_walkers, d), FG potential and bias energies (n_walkers,), kJ/mol."""
+def _observe(system, context, bias, forces: bool):
+    """One frame: positions (nm); a toy's CVs (n_walkers, d), None for a molecule, whose CVs
+    :meth:`Replica.save_chunk` computes for the whole chunk at once (per frame they cost more than
+    ten MD steps of alanine dipeptide); FG potential and bias energies (n_walkers,), kJ/mol; and
+    with ``forces`` the FG forces without the bias (n_particles, 3), kJ/mol/nm, else None. The
+    FG quantities come from one State, as each query has a fixed cost."""
     import openmm.unit as u
 
     from cgflow.guidance.bias import FORCE_GROUP
 
     kJ = u.kilojoule_per_mole
-    if system.shares_context:
-        pos = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        cv = system.cv_values(pos)
-        return pos, cv, system.energies(pos), bias(cv) if bias is not None else np.zeros(len(pos))
-    state = context.getState(getPositions=True, getEnergy=True, groups=set(range(32)) - {FORCE_GROUP})
+    state = context.getState(getPositions=True, getEnergy=not system.shares_context, getForces=forces,
+                             groups=set(range(32)) - {FORCE_GROUP})
     pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-    energy = state.getPotentialEnergy().value_in_unit(kJ)
+    fg_forces = state.getForces(asNumpy=True).value_in_unit(kJ / u.nanometer) if forces else None
+    if system.shares_context:
+        cv = system.cv_values(pos)
+        return pos, cv, system.energies(pos), bias(cv) if bias is not None else np.zeros(len(pos)), fg_forces
     bias_energy = 0.0
     if bias is not None:
         bias_energy = context.getState(getEnergy=True, groups={FORCE_GROUP}).getPotentialEnergy().value_in_unit(kJ)
-    return pos, system.cv_values(pos[None]), np.array([energy]), np.array([bias_energy])
-
-
-def _fg_forces(context) -> np.ndarray:
-    """FG forces (n_particles, 3) kJ/mol/nm without the bias force group."""
-    import openmm.unit as u
-
-    from cgflow.guidance.bias import FORCE_GROUP
-
-    state = context.getState(getForces=True, groups=set(range(32)) - {FORCE_GROUP})
-    return state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+    return pos, None, np.array([state.getPotentialEnergy().value_in_unit(kJ)]), np.array([bias_energy]), fg_forces
 
 
 def _chunks(folder: Path) -> list[Path]:
@@ -175,11 +169,10 @@ class Replica:
             self.integrator.step(stop - self.step)
             self.step = stop
             if self.step > eq and (self.step - eq) % ri == 0:
-                p, c, e, b = _observe(self.system, self.context, self.bias)
-                for key, value in zip(("step", "positions", "cv", "potential", "bias"), (self.step - eq, p, c, e, b)):
+                p, c, e, b, f = _observe(self.system, self.context, self.bias, self.record_forces)
+                for key, value in zip(("step", "positions", "cv", "potential", "bias", "forces"),
+                                      (self.step - eq, p, c, e, b, f)):
                     self.buffer[key].append(value)
-                if self.record_forces:
-                    self.buffer["forces"].append(_fg_forces(self.context))
         self.wall += time.perf_counter() - t0
 
     def cv(self) -> np.ndarray:
@@ -203,14 +196,16 @@ class Replica:
         n, n_cv = len(self.walkers), len(self.system.cv_names)
         n_particles = self.context.getSystem().getNumParticles()
         b = self.buffer
+        positions = np.asarray(b["positions"], dtype=float).reshape(-1, n_particles, 3)
+        cv = b["cv"] if self.system.shares_context else self.system.cv_values(positions)
         with atomic_path(self.folder / f"chunk-{self.step:010d}.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(
                     fh,
                     end_step=self.step,
                     step=np.asarray(b["step"], dtype=np.int64),
-                    positions=np.asarray(b["positions"], dtype=float).reshape(-1, n_particles, 3),
-                    cv=np.asarray(b["cv"], dtype=float).reshape(-1, n, n_cv),
+                    positions=positions,
+                    cv=np.asarray(cv, dtype=float).reshape(-1, n, n_cv),
                     potential=np.asarray(b["potential"], dtype=float).reshape(-1, n),
                     bias=np.asarray(b["bias"], dtype=float).reshape(-1, n),
                     wall_s=self.wall,
@@ -273,6 +268,28 @@ def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
                          forces=np.concatenate(forces) if forces and len(forces) == len(parts["step"]) else None)
 
 
+class Progress:
+    """Log lines of progress (steps done, rate, time left), at most one per ``every`` seconds."""
+
+    def __init__(self, total_walker_steps: int, every: float = 10.0):
+        self.total, self.every = total_walker_steps, every
+        self.done: dict[int, int] = {}
+        self.t0 = time.perf_counter()
+        self.last = -np.inf
+
+    def __call__(self, walkers, step, total, wall):
+        self.done[walkers[0]] = len(walkers) * step
+        now = time.perf_counter()
+        finished = sum(self.done.values())
+        if now - self.last < self.every and finished < self.total:
+            return
+        self.last = now
+        rate = finished / max(now - self.t0, 1e-9)
+        eta = (self.total - finished) / rate if rate > 0 else float("inf")
+        log.info("%5.1f%%  %d/%d walker-steps  %.3g walker-steps/s  ETA %.0f s",
+                 100 * finished / self.total, finished, self.total, rate, eta)
+
+
 def open_workdir(workdir: Path, job: dict, choose_platform) -> str:
     """Reuse ``workdir`` if it holds the same ``job`` (config, round, walker layout) and return
     the platform its checkpoints were made on; otherwise start it afresh with ``choose_platform()``.
@@ -291,3 +308,21 @@ def open_workdir(workdir: Path, job: dict, choose_platform) -> str:
     workdir.mkdir(parents=True)
     write_json(path, {"job": job, "platform": platform})
     return platform
+
+
+def open_run(workdir: Path, job: dict, sampling, trial_context) -> tuple[str, dict]:
+    """Set this process up for a checkpointed run of ``job`` in ``workdir`` (:func:`open_workdir`):
+    pinned to a free core when ``sampling.pin_cpu`` and a CPU platform may run; the platform its
+    checkpoints were made on, else ``sampling.platform`` (``auto`` times ``trial_context(name)``,
+    which returns a (context, integrator)); and that platform's Context properties (this rank's
+    GPU, one CPU thread when pinned)."""
+    from cgflow.sampling.platform import (GPU_PLATFORMS, choose_platform, cpu_threads, gpu_device,
+                                          pin_to_free_core, platform_properties)
+
+    pinned = sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference")
+    if pinned:
+        pin_to_free_core()
+    platform = open_workdir(workdir, job, lambda: choose_platform(sampling.platform, trial_context))
+    # counting GPUs may import torch (~1 s): only a GPU platform needs the device index
+    device = gpu_device() if platform in GPU_PLATFORMS else None
+    return platform, platform_properties(platform, device_index=device, threads=cpu_threads(pinned))

@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.io import atomic_path, package_versions, write_parquet
-from cgflow.sampling.engine import MDSettings, ReplicaFrames, open_workdir, replica_seed
-from cgflow.sampling.platform import choose_platform, pin_to_free_core, platform_properties
+from cgflow.sampling.engine import MDSettings, ReplicaFrames, open_run, replica_seed
+from cgflow.sampling.platform import platform_properties
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,10 @@ def _topology(system):
     return top
 
 
-def _simulation(system, settings: MDSettings, metad: MetadSettings, platform: str, seed: int):
-    """The one Simulation all walkers take turns in, with the shared bias."""
+def _simulation(system, settings: MDSettings, metad: MetadSettings, platform: str, seed: int,
+                properties: dict | None = None):
+    """The one Simulation all walkers take turns in, with the shared bias (``properties``: the
+    Context's, default :func:`platform_properties`' for ``platform``)."""
     import openmm
     import openmm.unit as u
     from openmm import app
@@ -186,7 +188,8 @@ def _simulation(system, settings: MDSettings, metad: MetadSettings, platform: st
         settings.temperature * u.kelvin, settings.friction / u.picosecond, settings.timestep * u.picoseconds)
     integrator.setRandomNumberSeed(seed)
     simulation = app.Simulation(_topology(system), omm_system, integrator,
-                                openmm.Platform.getPlatformByName(platform), platform_properties(platform))
+                                openmm.Platform.getPlatformByName(platform),
+                                platform_properties(platform) if properties is None else properties)
     return simulation, bias
 
 
@@ -225,22 +228,27 @@ class _Chunk:
 
 
 class _Recorder:
-    """Frames, Gaussians and snapshots of the chunk in progress."""
+    """Frames, Gaussians and snapshots of the chunk in progress; the frames' CVs are computed
+    from their positions for the whole chunk at once (per frame they cost more than ten MD steps
+    of alanine dipeptide)."""
 
-    def __init__(self, n_cvs: int, grid_shape: tuple[int, ...]):
-        self.n_cvs, self.grid_shape = n_cvs, grid_shape
-        self.frames = {k: [] for k in ("walker", "step", "positions", "cv", "potential", "bias")}
+    def __init__(self, system, grid_shape: tuple[int, ...]):
+        self.system, self.grid_shape = system, grid_shape
+        self.frames = {k: [] for k in ("walker", "step", "positions", "potential", "bias")}
         self.snapshots = {"step": [], "F": []}
 
-    def frame(self, walker, step, positions, cv, potential, bias) -> None:
-        for key, value in zip(self.frames, (walker, step, positions, cv, potential, bias)):
+    def frame(self, walker, step, positions, potential, bias) -> None:
+        for key, value in zip(self.frames, (walker, step, positions, potential, bias)):
             self.frames[key].append(value)
 
     def arrays(self, n_particles: int) -> tuple[dict, dict]:
         f = self.frames
+        positions = np.asarray(f["positions"], dtype=float).reshape(-1, n_particles, 3)
+        # a toy walker is one particle of a Context of its own here: its CVs take (n, 3)
+        cv = self.system.cv_values(positions[:, 0] if self.system.shares_context else positions)
         frames = {"walker": np.asarray(f["walker"], dtype=np.int32), "step": np.asarray(f["step"], dtype=np.int64),
-                  "positions": np.asarray(f["positions"], dtype=float).reshape(-1, n_particles, 3),
-                  "cv": np.asarray(f["cv"], dtype=float).reshape(-1, self.n_cvs),
+                  "positions": positions,
+                  "cv": np.asarray(cv, dtype=float).reshape(-1, len(self.system.cv_names)),
                   "potential": np.asarray(f["potential"], dtype=float), "bias": np.asarray(f["bias"], dtype=float)}
         snaps = {"step": np.asarray(self.snapshots["step"], dtype=np.int64),
                  "F": np.asarray(self.snapshots["F"], dtype=float).reshape(-1, *self.grid_shape)}
@@ -262,15 +270,15 @@ def _walker_state(context) -> tuple[np.ndarray, np.ndarray]:
             state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
 
 
-def _observe(system, context, force_group: int):
-    """Positions (nm), CVs (d,), FG potential and metadynamics bias energy (kJ/mol)."""
+def _observe(context, force_group: int):
+    """Positions (nm), FG potential and metadynamics bias energy (kJ/mol)."""
     import openmm.unit as u
 
     kJ = u.kilojoule_per_mole
     state = context.getState(getPositions=True, getEnergy=True, groups=set(range(32)) - {force_group})
     pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
     bias = context.getState(getEnergy=True, groups={force_group}).getPotentialEnergy().value_in_unit(kJ)
-    return pos, system.cv_values(pos)[0], state.getPotentialEnergy().value_in_unit(kJ), bias
+    return pos, state.getPotentialEnergy().value_in_unit(kJ), bias
 
 
 def _sweep_ends(schedule: np.ndarray, frequency: int) -> list[int]:
@@ -316,8 +324,6 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
     total, eq, ri = int(schedule[-1]), sampling.equilibration, sampling.report_interval
     settings = replace(MDSettings.from_config(sampling), steps=total - eq)
     n_walkers, n_cvs = sampling.walkers, len(system.cv_names)
-    if sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference"):
-        pin_to_free_core()
     workdir = Path(out_dir) / ".work"
     job = {"config": campaign.stage_hash("sampling"), "method": "metadynamics", "metadynamics": asdict(metad),
            "schedule": schedule.tolist()}
@@ -327,9 +333,9 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
         simulation.context.setPositions(_start(system))
         return simulation.context, simulation.integrator
 
-    platform = open_workdir(workdir, job, lambda: choose_platform(sampling.platform, trial))
+    platform, properties = open_run(workdir, job, sampling, trial)
     simulation, bias = _simulation(system, settings, metad, platform,
-                                   replica_seed(campaign.seed, METAD_STREAM + 1, 0))
+                                   replica_seed(campaign.seed, METAD_STREAM + 1, 0), properties)
     context = simulation.context
     chunks = [_Chunk.load(p) for p in sorted(workdir.glob("chunk-*.npz"))]
     if chunks:
@@ -343,7 +349,7 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
         positions, velocities = _fresh_walkers(system, simulation, n_walkers, sampling.temperature, campaign.seed)
     grid_shape = (metad.grid,) * n_cvs
     ci = sampling.checkpoint_interval
-    recorder, t0, chunk_start = _Recorder(n_cvs, grid_shape), time.perf_counter(), step
+    recorder, t0, chunk_start = _Recorder(system, grid_shape), time.perf_counter(), step
     for end in [e for e in _sweep_ends(schedule, metad.frequency) if e > step]:
         for w in range(n_walkers):
             context.setPositions(positions[w])
@@ -352,8 +358,8 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
             bias.walker = w
             for frame_step in range(_next_frame(step, eq, ri), end + 1, ri):
                 bias.step(simulation, frame_step - simulation.currentStep)
-                pos, cv, pot, b = _observe(system, context, bias.force_group)
-                recorder.frame(w, frame_step - eq, pos, cv, pot, b)
+                pos, pot, b = _observe(context, bias.force_group)
+                recorder.frame(w, frame_step - eq, pos, pot, b)
             if end > simulation.currentStep:
                 bias.step(simulation, end - simulation.currentStep)
             positions[w], velocities[w] = _walker_state(context)
@@ -370,7 +376,7 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
             log.info("metadynamics: step %d of %d per walker, %d Gaussians, %.3g walker-steps/s", step, total,
                      sum(len(c.hills["height"]) for c in chunks),
                      n_walkers * (step - chunk_start) / max(chunk.wall_s, 1e-9))
-            recorder, bias.hills, t0, chunk_start = _Recorder(n_cvs, grid_shape), [], time.perf_counter(), step
+            recorder, bias.hills, t0, chunk_start = _Recorder(system, grid_shape), [], time.perf_counter(), step
     del simulation, context
     return _gather(chunks, n_walkers), chunks, platform
 

@@ -13,7 +13,6 @@ every frame's positions (nm) and FG forces without the bias (kJ/mol/nm), as ``wa
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -23,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.io import package_versions, write_parquet
-from cgflow.sampling.engine import MDSettings, ReplicaFrames, make_context, open_workdir, replica_seed, replicas, run_replica
-from cgflow.sampling.platform import (GPU_PLATFORMS, choose_platform, cpu_threads, gpu_device,
-                                      pin_to_free_core, platform_properties)
+from cgflow.sampling.engine import (MDSettings, Progress, ReplicaFrames, make_context, open_run, replica_seed, replicas,
+                                    run_replica)
+from cgflow.sampling.platform import platform_properties
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +34,6 @@ def walker_block(n_walkers: int, size: int, rank: int) -> list[int]:
     base, extra = divmod(n_walkers, size)
     start = rank * base + min(rank, extra)
     return list(range(start, start + base + (rank < extra)))
-
-
-class _Progress:
-    """Log lines of progress (steps done, rate, time left), at most one per ``every`` seconds."""
-
-    def __init__(self, total_walker_steps: int, every: float = 10.0):
-        self.total, self.every = total_walker_steps, every
-        self.done: dict[int, int] = {}
-        self.t0 = time.perf_counter()
-        self.last = -np.inf
-
-    def __call__(self, walkers, step, total, wall):
-        self.done[walkers[0]] = len(walkers) * step
-        now = time.perf_counter()
-        finished = sum(self.done.values())
-        if now - self.last < self.every and finished < self.total:
-            return
-        self.last = now
-        rate = finished / max(now - self.t0, 1e-9)
-        eta = (self.total - finished) / rate if rate > 0 else float("inf")
-        log.info("%5.1f%%  %d/%d walker-steps  %.3g walker-steps/s  ETA %.0f s",
-                 100 * finished / self.total, finished, self.total, rate, eta)
 
 
 def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size: int = 1,
@@ -71,9 +48,6 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     if steps is not None:
         settings = replace(settings, steps=steps)
     walkers = walker_block(sampling.walkers, size, rank)
-    pinned = sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference")
-    if pinned:
-        pin_to_free_core()
     workdir = Path(out_dir) / ".work" / f"rank-{rank:03d}-of-{size:03d}"
     record_forces = campaign.records_forces
     job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers,
@@ -89,20 +63,13 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
             return None
         return starts[group, 0, :] if system.shares_context else starts[group[0]]
 
-    def choose():
-        n = len(groups[0]) if groups else 1
-        return choose_platform(
-            sampling.platform,
-            lambda name: make_context(system, n, settings, name, platform_properties(name), 1, bias,
-                                      start_of(groups[0]) if groups else None),
-        )
+    def trial(name):
+        return make_context(system, len(groups[0]) if groups else 1, settings, name, platform_properties(name), 1,
+                            bias, start_of(groups[0]) if groups else None)
 
-    platform = open_workdir(workdir, job, choose)
-    # counting GPUs may import torch (~1 s): only a GPU platform needs the device index
-    device = gpu_device() if platform in GPU_PLATFORMS else None
-    properties = platform_properties(platform, device_index=device, threads=cpu_threads(pinned))
+    platform, properties = open_run(workdir, job, sampling, trial)
     log.info("rank %d of %d: walkers %d-%d on %s %s", rank, size, walkers[0], walkers[-1], platform, properties)
-    progress = _Progress(len(walkers) * (settings.steps + settings.equilibration))
+    progress = Progress(len(walkers) * (settings.steps + settings.equilibration))
     seeds = [replica_seed(campaign.seed, round_index, group[0]) for group in groups]
     if hills is not None:
         from cgflow.sampling.hills import run_with_hills

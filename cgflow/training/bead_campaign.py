@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -29,32 +30,30 @@ OUTSIDE_WARN = 0.1
 
 
 def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=100, equilibration=5000,
-                     seed=1, solvent="vacuum", friction=1.0, platform="CPU") -> dict:
+                     seed=1, solvent="vacuum", friction=1.0, platform="CPU", folder: Path | None = None,
+                     properties: dict | None = None, checkpoint_interval: int | None = None) -> dict:
     """Unbiased FG Langevin MD of alanine dipeptide recording mapped positions and forces.
 
+    The MD is a sampling replica (:func:`cgflow.sampling.engine.run_replica`): in ``folder`` it
+    saves a checkpoint every ``checkpoint_interval`` steps and resumes from the last one, so a
+    killed run restarted there gives the same frames (without ``folder``, a temporary one).
     Returns ``x`` (n, 10, 3) nm, ``f`` (n, 10, 3) kJ/mol/nm (force map: heavy atom + its H),
-    ``phipsi`` (n, 2) rad, ``masses`` (10,) amu, ``steps_per_s`` of the FG engine.
+    ``phipsi`` (n, 2) rad, ``masses`` (10,) amu, ``steps_per_s`` of the FG engine (frames included).
     """
-    import openmm.unit as u
+    import tempfile
 
-    from cgflow.sampling.engine import MDSettings, make_context
+    from cgflow.sampling.engine import MDSettings, Progress, run_replica
     from cgflow.sampling.platform import platform_properties
     from cgflow.systems.alanine import AlanineDipeptide
 
     system = AlanineDipeptide(solvent)
-    settings = MDSettings(temperature, timestep, friction, steps, equilibration, stride, steps)
-    context, integrator = make_context(system, 1, settings, platform, platform_properties(platform), seed)
-    context.setVelocitiesToTemperature(temperature * u.kelvin, seed)
-    integrator.step(equilibration)
-    pos, frc = [], []
-    t0 = time.perf_counter()
-    for _ in range(steps // stride):
-        integrator.step(stride)
-        state = context.getState(getPositions=True, getForces=True)
-        pos.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
-        frc.append(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
-    wall = time.perf_counter() - t0
-    return mapped_frames(system, np.asarray(pos), np.asarray(frc), temperature, steps / wall)
+    settings = MDSettings(temperature, timestep, friction, steps, equilibration, stride,
+                          checkpoint_interval or steps + equilibration)
+    properties = platform_properties(platform) if properties is None else properties
+    with tempfile.TemporaryDirectory(prefix="cgflow-fg-") as scratch:
+        frames = run_replica(system, [0], settings, platform, properties, seed, Path(folder or scratch),
+                             Progress(steps + equilibration), record_forces=True)
+    return mapped_frames(system, frames.positions, frames.forces, temperature, (steps + equilibration) / frames.wall_s)
 
 
 def mapped_frames(system, positions: np.ndarray, forces: np.ndarray, temperature: float, steps_per_s: float,
@@ -272,22 +271,38 @@ def _provenance(campaign, **extra) -> dict:
 def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None = None) -> None:
     """Write ``fg_mapped.npz`` (mapped x, f; phi/psi; weights from rounds): from the rounds' (samples,
     forces, weights) files when given (``cg.fg_data: rounds``), else from the stage's own unbiased FG run."""
-    from cgflow.sampling.platform import pin_to_free_core
-
-    s, c = campaign.sampling, campaign.cg
     if rounds is not None:
         from cgflow.analysis.reweight import kish
 
         data = rounds_mapped(campaign, *rounds)
         log.info("FG mapped data from %d rounds: %d frames, Kish ESS %.0f", len(rounds[0]), len(data["x"]),
                  kish(data["weights"]))
-    else:
-        if s.pin_cpu:
-            pin_to_free_core()
-        data = sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration,
-                                campaign.seed + 1, campaign.system.solvent, s.friction)
-        log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
+        save_npz(out, data)
+        return
+    workdir = out.parent / ".work-fg"
+    data = own_fg_run(campaign, workdir)
+    log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
     save_npz(out, data)
+    shutil.rmtree(workdir)
+
+
+def own_fg_run(campaign, workdir: Path) -> dict:
+    """The stage's own unbiased FG run (``cg.fg_data: own``), set up as a sampling round is: on
+    ``sampling.platform`` (``auto`` timed on this molecule), pinned as the rounds are, and
+    checkpointed in ``workdir`` every ``sampling.checkpoint_interval`` steps, so a killed job
+    resumes where it stopped. A ``workdir`` left by another config is discarded."""
+    from cgflow.sampling.engine import MDSettings, make_context, open_run
+    from cgflow.sampling.platform import platform_properties
+    from cgflow.systems.alanine import AlanineDipeptide
+
+    s, c = campaign.sampling, campaign.cg
+    system = AlanineDipeptide(campaign.system.solvent)
+    trial = MDSettings(s.temperature, s.timestep, s.friction, c.fg_steps, s.equilibration, c.fg_stride, c.fg_steps)
+    platform, properties = open_run(workdir, {"config": campaign.stage_hash("cg_data")}, s,
+                                    lambda name: make_context(system, 1, trial, name, platform_properties(name)))
+    log.info("own FG run: %d steps on %s %s", c.fg_steps, platform, properties)
+    return sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration, campaign.seed + 1,
+                            campaign.system.solvent, s.friction, platform, workdir, properties, s.checkpoint_interval)
 
 
 def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:

@@ -6,6 +6,9 @@
   16384/1 ratio that justifies sharing a Context.
 * Alanine dipeptide (vacuum, OBC2): steps/s and ns/day at 2 fs on CPU (Threads=1) pinned to one
   core vs unpinned, on Reference, and on the GPU platform when there is one.
+* What saving frames costs: a sampling replica of alanine in vacuum on Reference (the platform
+  ``auto`` takes for it here) saving a frame every 10 or 100 steps, with and without FG forces,
+  as a fraction of the bare integrator's steps/s.
 
 Each number is the median of 3 timings of >= ~1 s (adaptive step count), each on a fresh Context
 after a warm-up (where the scheduler puts an unpinned worker thread varies per Context); every
@@ -143,10 +146,47 @@ def main(argv=None) -> None:
     print("CPU unpinned runs span " + ", ".join(f"{k} {v} steps/s" for k, v in spread.items())
           + " (where the scheduler puts the worker thread decides it)")
 
+    frames = frame_cost(AlanineDipeptide("vacuum"), target_s, warmup)
+
     if args.json:
         write_json(args.json, {"machine": machine, "target_s": target_s, "warmup_steps": warmup,
-                               "toy_muller_brown": toy, "alanine_dipeptide": alanine})
+                               "toy_muller_brown": toy, "alanine_dipeptide": alanine, "frame_cost": frames})
         print(f"\nwrote {args.json}")
+
+
+def frame_cost(system, target_s: float, warmup: int, repeats: int = 3) -> dict:
+    """Steps/s of a sampling replica saving frames (every 10 or 100 steps, with or without forces)
+    over those of the bare integrator, each the median of ``repeats`` fresh Contexts on Reference."""
+    import tempfile
+    from pathlib import Path
+
+    from cgflow.sampling.engine import MDSettings, Replica
+
+    def rate(report_interval: int | None, forces: bool) -> float:
+        rates = []
+        for _ in range(repeats):
+            settings = MDSettings(TEMPERATURE, TIMESTEP, 1.0, steps=10**9, equilibration=0,
+                                  report_interval=report_interval or 10**9, checkpoint_interval=10**9)
+            with tempfile.TemporaryDirectory() as folder:
+                replica = Replica(system, [0], settings, "Reference", {}, 1, Path(folder), record_forces=forces)
+                replica.advance(warmup)
+                n = step_count(replica.context, replica.integrator, target_s)
+                start = replica.step
+                t0 = time.perf_counter()
+                replica.advance(start + n)
+                rates.append(n / (time.perf_counter() - t0))
+        return statistics.median(rates)
+
+    bare = rate(None, False)
+    out = {"bare_steps_per_s": bare}
+    print("\nSaving frames, alanine dipeptide in vacuum on Reference: steps/s (fraction of the bare integrator's "
+          f"{bare:.0f})")
+    for every in (10, 100):
+        for forces in (False, True):
+            key = f"every {every}{' with forces' if forces else ''}"
+            out[key] = rate(every, forces) / bare
+            print(f"  frame {key:<24}{out[key] * bare:10.0f}{out[key]:8.2f}")
+    return out
 
 
 if __name__ == "__main__":
