@@ -269,12 +269,15 @@ def _provenance(campaign, **extra) -> dict:
 
 
 def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None = None) -> None:
-    """Write ``fg_mapped.npz`` (mapped x, f; phi/psi; weights from rounds): from the rounds' (samples,
-    forces, weights) files when given (``cg.fg_data: rounds``), else from the stage's own unbiased FG run."""
+    """Write ``fg_mapped.npz`` (mapped x, f; phi/psi; weights from rounds; the FG ``platform``): from
+    the rounds' (samples, forces, weights) files when given (``cg.fg_data: rounds``), else from the
+    stage's own unbiased FG run."""
     if rounds is not None:
         from cgflow.analysis.reweight import kish
+        from cgflow.io import read_provenance
 
         data = rounds_mapped(campaign, *rounds)
+        data["platform"] = ",".join(sorted({read_provenance(p)["platform"] for p in rounds[0]}))
         log.info("FG mapped data from %d rounds: %d frames, Kish ESS %.0f", len(rounds[0]), len(data["x"]),
                  kish(data["weights"]))
         save_npz(out, data)
@@ -301,8 +304,9 @@ def own_fg_run(campaign, workdir: Path) -> dict:
     platform, properties = open_run(workdir, {"config": campaign.stage_hash("cg_data")}, s,
                                     lambda name: make_context(system, 1, trial, name, platform_properties(name)))
     log.info("own FG run: %d steps on %s %s", c.fg_steps, platform, properties)
-    return sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration, campaign.seed + 1,
+    data = sample_fg_mapped(s.temperature, s.timestep, c.fg_steps, c.fg_stride, s.equilibration, campaign.seed + 1,
                             campaign.system.solvent, s.friction, platform, workdir, properties, s.checkpoint_interval)
+    return {**data, "platform": platform}
 
 
 def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
@@ -346,7 +350,7 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
         "cg_mass_outside_fg": score["outside_mass"],
         "fes_bins_below_cutoff": score["n_bins"], "cg_md_ns": traj.steps * c.md_timestep / 1000 * c.md_replicas,
         "cg_md_timestep_ps": c.md_timestep, "cg_replica_steps_per_s": rate,
-        "fg_data": c.fg_data, "fg_steps_per_s": float(data["steps_per_s"]),
+        "fg_data": c.fg_data, "fg_platform": str(data["platform"]) if "platform" in data else None, "fg_steps_per_s": float(data["steps_per_s"]),
         "cg_over_fg_speed": rate / float(data["steps_per_s"]),
         "wall_s": time.perf_counter() - t0, "provenance": _provenance(campaign)})
     if score["outside_mass"] > OUTSIDE_WARN:

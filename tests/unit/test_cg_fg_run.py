@@ -50,3 +50,4 @@ def test_the_stage_writes_the_run_and_removes_its_work_folder(tmp_path):
     with np.load(out) as data:
         for key in ("x", "f", "phipsi", "masses"):
             np.testing.assert_array_equal(data[key], expected[key])
+        assert str(data["platform"]) == "Reference"

@@ -74,6 +74,7 @@ def test_cg_data_are_the_rounds_frames_with_their_unbiased_weights(campaign_dir)
 
     with np.load(campaign_dir / "cg" / "fg_mapped.npz") as f:
         data = {k: f[k] for k in f.files}
+    assert str(data["platform"]) == "Reference"
     positions, forces = [], []
     for k in (0, 1):
         with np.load(campaign_dir / f"round-{k:02d}" / "forces.npz") as f:
@@ -95,6 +96,7 @@ def test_cg_data_are_the_rounds_frames_with_their_unbiased_weights(campaign_dir)
     assert not np.allclose(state["prior.dih"].numpy(), plain.dih.numpy(), rtol=1e-3)
     summary = json.loads((campaign_dir / "cg" / "fm" / "summary.json").read_text())
     assert np.isfinite(summary["fes_rmse_vs_fg_kT"])
+    assert summary["fg_data"] == "rounds" and summary["fg_platform"] == "Reference"
 
 
 def test_walker_starts_are_the_recorded_frames_they_name(campaign_dir):
