@@ -233,14 +233,45 @@ def chunk_ends(settings: MDSettings) -> list[int]:
     return sorted(set(range(ci, total, ci)) | {total})
 
 
+class Progress:
+    """Log lines of progress (steps done, rate, time left), at most one per ``every`` seconds.
+
+    Each replica reports where it starts (:meth:`start`: its checkpoint's step when resumed), so
+    the rate and the time left count only the steps this process runs."""
+
+    def __init__(self, total_walker_steps: int, every: float = 10.0):
+        self.total, self.every = total_walker_steps, every
+        self.done: dict[int, int] = {}
+        self.resumed: dict[int, int] = {}
+        self.t0 = time.perf_counter()
+        self.last = -np.inf
+
+    def start(self, walkers, step) -> None:
+        self.done[walkers[0]] = self.resumed[walkers[0]] = len(walkers) * step
+
+    def __call__(self, walkers, step, total, wall):
+        self.done[walkers[0]] = len(walkers) * step
+        now = time.perf_counter()
+        finished = sum(self.done.values())
+        if now - self.last < self.every and finished < self.total:
+            return
+        self.last = now
+        rate = (finished - sum(self.resumed.values())) / max(now - self.t0, 1e-9)
+        eta = (self.total - finished) / rate if rate > 0 else float("inf")
+        log.info("%5.1f%%  %d/%d walker-steps  %.3g walker-steps/s  ETA %.0f s",
+                 100 * finished / self.total, finished, self.total, rate, eta)
+
+
 def run_replica(system, walkers: list[int], settings: MDSettings, platform: str, properties: dict,
-                seed: int, folder: Path, progress=None, bias=None, start: np.ndarray | None = None,
+                seed: int, folder: Path, progress: Progress | None = None, bias=None, start: np.ndarray | None = None,
                 record_forces: bool = False) -> ReplicaFrames:
     """Run (or resume) one replica in ``folder`` under ``bias`` from ``start`` (nm); return its frames.
 
     ``record_forces`` also stores each frame's unbiased FG forces (for force matching of bead CG models).
     """
     replica = Replica(system, walkers, settings, platform, properties, seed, folder, bias, start, record_forces)
+    if progress is not None:
+        progress.start(walkers, replica.step)
     for end in chunk_ends(settings):
         if end <= replica.step:
             continue
@@ -266,28 +297,6 @@ def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
     return ReplicaFrames(walkers=walkers, step=cat["step"], positions=cat["positions"], cv=cat["cv"],
                          potential=cat["potential"], bias=cat["bias"], wall_s=wall,
                          forces=np.concatenate(forces) if forces and len(forces) == len(parts["step"]) else None)
-
-
-class Progress:
-    """Log lines of progress (steps done, rate, time left), at most one per ``every`` seconds."""
-
-    def __init__(self, total_walker_steps: int, every: float = 10.0):
-        self.total, self.every = total_walker_steps, every
-        self.done: dict[int, int] = {}
-        self.t0 = time.perf_counter()
-        self.last = -np.inf
-
-    def __call__(self, walkers, step, total, wall):
-        self.done[walkers[0]] = len(walkers) * step
-        now = time.perf_counter()
-        finished = sum(self.done.values())
-        if now - self.last < self.every and finished < self.total:
-            return
-        self.last = now
-        rate = finished / max(now - self.t0, 1e-9)
-        eta = (self.total - finished) / rate if rate > 0 else float("inf")
-        log.info("%5.1f%%  %d/%d walker-steps  %.3g walker-steps/s  ETA %.0f s",
-                 100 * finished / self.total, finished, self.total, rate, eta)
 
 
 def open_workdir(workdir: Path, job: dict, choose_platform) -> str:

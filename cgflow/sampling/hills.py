@@ -186,6 +186,9 @@ def run_with_hills(system, groups: list[list[int]], settings, platform: str, pro
                 for group, seed, start in zip(groups, seeds, starts)]
     if any(r.step != resume for r in replicas):
         raise RuntimeError(f"{workdir}: the replicas' checkpoints do not match the hills checkpoint at step {resume}")
+    if progress is not None:
+        for r in replicas:
+            progress.start(r.walkers, resume)
     deposits = set(range(interval, total, interval))
     checkpoints = set(chunk_ends(settings))
     for end in sorted(deposits | checkpoints):

@@ -117,6 +117,23 @@ def test_killed_job_resumes_to_the_uninterrupted_output(campaign, tmp_path, cli_
     assert _rmse_vs_exact(c, resumed, cutoff_kT=4.0)["coverage"] == 1.0
 
 
+def test_progress_after_a_resume_counts_only_the_steps_this_process_ran(monkeypatch, caplog):
+    import logging
+
+    from cgflow.sampling import engine
+
+    now = [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    progress = engine.Progress(2 * 1000, every=0.0)
+    progress.start([0], 500)  # resumed from its checkpoint at step 500
+    progress.start([1], 0)
+    now[0] = 10.0
+    with caplog.at_level(logging.INFO, logger="cgflow.sampling.engine"):
+        progress([0], 1000, 1000, 5.0)
+    # 500 + 0 steps in 10 s here (not the 1000 done since the first start), 1000 still to go
+    assert "1000/2000 walker-steps  50 walker-steps/s  ETA 20 s" in caplog.text
+
+
 def test_work_folder_of_another_config_is_discarded(campaign, tmp_path):
     sampling = {"walkers": 2, "steps": 2000, "checkpoint_interval": 500, "platform": "Reference"}
     stale = tmp_path / ".work" / "rank-000-of-001" / "replica-00000"
