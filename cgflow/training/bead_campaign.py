@@ -76,14 +76,15 @@ def mapped_frames(system, positions: np.ndarray, forces: np.ndarray, temperature
 
 def rounds_mapped(campaign, sample_paths, force_paths, weights_path) -> dict:
     """The cg stage's FG data from every sampling round: frames and forces from ``forces.npz``,
-    unbiased weights from the last round's ``weights.parquet`` (TRAM/MBAR over all rounds)."""
+    unbiased weights from the last round's ``weights.parquet`` (TRAM/MBAR over all rounds), and
+    the platforms the rounds ran on (``platform``, comma-separated)."""
     import pandas as pd
 
     from cgflow.analysis.reweight import attach_weights
     from cgflow.io import read_provenance
     from cgflow.systems.alanine import AlanineDipeptide
 
-    positions, forces, keys, steps, wall = [], [], [], 0, 0.0
+    positions, forces, keys, steps, wall, platforms = [], [], [], 0, 0.0, set()
     for k, (samples, frames) in enumerate(zip(sample_paths, force_paths)):
         with np.load(frames) as f:
             positions.append(f["positions"])
@@ -91,9 +92,11 @@ def rounds_mapped(campaign, sample_paths, force_paths, weights_path) -> dict:
             keys.append(pd.DataFrame({"round": k, "walker": f["walker"], "step": f["step"]}))
         meta = read_provenance(samples)
         steps, wall = steps + meta["fg_steps"], wall + meta["md_wall_s"]
+        platforms.update(meta["platform"].split(","))
     weights = attach_weights(pd.concat(keys, ignore_index=True), weights_path)["weight"].to_numpy()
-    return mapped_frames(AlanineDipeptide(campaign.system.solvent), np.concatenate(positions), np.concatenate(forces),
+    data = mapped_frames(AlanineDipeptide(campaign.system.solvent), np.concatenate(positions), np.concatenate(forces),
                          campaign.sampling.temperature, steps / max(wall, 1e-9), weights)
+    return {**data, "platform": ",".join(sorted(platforms))}
 
 
 def save_npz(path, data: dict) -> None:
@@ -274,10 +277,8 @@ def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None 
     stage's own unbiased FG run."""
     if rounds is not None:
         from cgflow.analysis.reweight import kish
-        from cgflow.io import read_provenance
 
         data = rounds_mapped(campaign, *rounds)
-        data["platform"] = ",".join(sorted({read_provenance(p)["platform"] for p in rounds[0]}))
         log.info("FG mapped data from %d rounds: %d frames, Kish ESS %.0f", len(rounds[0]), len(data["x"]),
                  kish(data["weights"]))
         save_npz(out, data)
