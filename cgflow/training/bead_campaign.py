@@ -351,8 +351,8 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
         "cg_mass_outside_fg": score["outside_mass"],
         "fes_bins_below_cutoff": score["n_bins"], "cg_md_ns": traj.steps * c.md_timestep / 1000 * c.md_replicas,
         "cg_md_timestep_ps": c.md_timestep, "cg_replica_steps_per_s": rate,
-        "fg_data": c.fg_data, "fg_platform": str(data["platform"]) if "platform" in data else None, "fg_steps_per_s": float(data["steps_per_s"]),
-        "cg_over_fg_speed": rate / float(data["steps_per_s"]),
+        "fg_data": c.fg_data, "fg_platform": str(data["platform"]) if "platform" in data else None,
+        "fg_steps_per_s": float(data["steps_per_s"]), "cg_over_fg_speed": rate / float(data["steps_per_s"]),
         "wall_s": time.perf_counter() - t0, "provenance": _provenance(campaign)})
     if score["outside_mass"] > OUTSIDE_WARN:
         log.warning("cg/%s: CG MD puts %.0f %% of its probability where the FG data has (almost) none "
