@@ -41,6 +41,7 @@ def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=10
     ``phipsi`` (n, 2) rad, ``masses`` (10,) amu, ``steps_per_s`` of the FG engine (frames included).
     """
     import tempfile
+    from contextlib import nullcontext
 
     from cgflow.sampling.engine import MDSettings, Progress, run_replica
     from cgflow.sampling.platform import platform_properties
@@ -50,8 +51,8 @@ def sample_fg_mapped(temperature=300.0, timestep=0.002, steps=200_000, stride=10
     settings = MDSettings(temperature, timestep, friction, steps, equilibration, stride,
                           checkpoint_interval or steps + equilibration)
     properties = platform_properties(platform) if properties is None else properties
-    with tempfile.TemporaryDirectory(prefix="cgflow-fg-") as scratch:
-        frames = run_replica(system, [0], settings, platform, properties, seed, Path(folder or scratch),
+    with nullcontext(folder) if folder else tempfile.TemporaryDirectory(prefix="cgflow-fg-") as where:
+        frames = run_replica(system, [0], settings, platform, properties, seed, Path(where),
                              Progress(steps + equilibration), record_forces=True)
     return mapped_frames(system, frames.positions, frames.forces, temperature, (steps + equilibration) / frames.wall_s)
 
