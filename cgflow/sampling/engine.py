@@ -93,28 +93,42 @@ def make_context(system, n_walkers: int, settings: MDSettings, platform: str, pr
     return context, integrator
 
 
+def fg_frame(context, bias_group: int | None, forces: bool = False):
+    """One frame of a Context that holds one molecule: positions (nm); its potential energy
+    without the bias and the bias energy (0 when ``bias_group`` is None), kJ/mol; with ``forces``
+    the forces without the bias (n_particles, 3), kJ/mol/nm, else None. All but the bias energy
+    come from one State, as each query has a fixed cost."""
+    import openmm.unit as u
+
+    kJ = u.kilojoule_per_mole
+    state = context.getState(getPositions=True, getEnergy=True, getForces=forces,
+                             groups=set(range(32)) - {bias_group})
+    pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+    fg_forces = state.getForces(asNumpy=True).value_in_unit(kJ / u.nanometer) if forces else None
+    bias_energy = 0.0
+    if bias_group is not None:
+        bias_energy = context.getState(getEnergy=True, groups={bias_group}).getPotentialEnergy().value_in_unit(kJ)
+    return pos, state.getPotentialEnergy().value_in_unit(kJ), bias_energy, fg_forces
+
+
 def _observe(system, context, bias, forces: bool):
     """One frame: positions (nm); a toy's CVs (n_walkers, d), None for a molecule, whose CVs
     :meth:`Replica.save_chunk` computes for the whole chunk at once (per frame they cost more than
     ten MD steps of alanine dipeptide); FG potential and bias energies (n_walkers,), kJ/mol; and
-    with ``forces`` the FG forces without the bias (n_particles, 3), kJ/mol/nm, else None. The
-    FG quantities come from one State, as each query has a fixed cost."""
+    with ``forces`` the FG forces without the bias (n_particles, 3), kJ/mol/nm, else None."""
     import openmm.unit as u
 
     from cgflow.guidance.bias import FORCE_GROUP
 
-    kJ = u.kilojoule_per_mole
-    state = context.getState(getPositions=True, getEnergy=not system.shares_context, getForces=forces,
-                             groups=set(range(32)) - {FORCE_GROUP})
+    if not system.shares_context:
+        pos, potential, bias_energy, fg_forces = fg_frame(context, FORCE_GROUP if bias is not None else None, forces)
+        return pos, None, np.array([potential]), np.array([bias_energy]), fg_forces
+    # a toy's walkers share the Context: their energies and bias come from the CVs, not a State
+    state = context.getState(getPositions=True, getForces=forces, groups=set(range(32)) - {FORCE_GROUP})
     pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-    fg_forces = state.getForces(asNumpy=True).value_in_unit(kJ / u.nanometer) if forces else None
-    if system.shares_context:
-        cv = system.cv_values(pos)
-        return pos, cv, system.energies(pos), bias(cv) if bias is not None else np.zeros(len(pos)), fg_forces
-    bias_energy = 0.0
-    if bias is not None:
-        bias_energy = context.getState(getEnergy=True, groups={FORCE_GROUP}).getPotentialEnergy().value_in_unit(kJ)
-    return pos, None, np.array([state.getPotentialEnergy().value_in_unit(kJ)]), np.array([bias_energy]), fg_forces
+    fg_forces = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) if forces else None
+    cv = system.cv_values(pos)
+    return pos, cv, system.energies(pos), bias(cv) if bias is not None else np.zeros(len(pos)), fg_forces
 
 
 def _chunks(folder: Path) -> list[Path]:

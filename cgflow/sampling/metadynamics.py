@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.io import atomic_path, package_versions, write_parquet
-from cgflow.sampling.engine import MDSettings, ReplicaFrames, open_run, replica_seed
+from cgflow.sampling.engine import MDSettings, ReplicaFrames, fg_frame, open_run, replica_seed
 from cgflow.sampling.platform import platform_properties
 
 log = logging.getLogger(__name__)
@@ -270,17 +270,6 @@ def _walker_state(context) -> tuple[np.ndarray, np.ndarray]:
             state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
 
 
-def _observe(context, force_group: int):
-    """Positions (nm), FG potential and metadynamics bias energy (kJ/mol)."""
-    import openmm.unit as u
-
-    kJ = u.kilojoule_per_mole
-    state = context.getState(getPositions=True, getEnergy=True, groups=set(range(32)) - {force_group})
-    pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-    bias = context.getState(getEnergy=True, groups={force_group}).getPotentialEnergy().value_in_unit(kJ)
-    return pos, state.getPotentialEnergy().value_in_unit(kJ), bias
-
-
 def _sweep_ends(schedule: np.ndarray, frequency: int) -> list[int]:
     """Per-walker steps at which every walker has caught up: each Gaussian period and budget point."""
     total = int(schedule[-1])
@@ -358,7 +347,7 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
             bias.walker = w
             for frame_step in range(_next_frame(step, eq, ri), end + 1, ri):
                 bias.step(simulation, frame_step - simulation.currentStep)
-                pos, pot, b = _observe(context, bias.force_group)
+                pos, pot, b, _ = fg_frame(context, bias.force_group)
                 recorder.frame(w, frame_step - eq, pos, pot, b)
             if end > simulation.currentStep:
                 bias.step(simulation, end - simulation.currentStep)

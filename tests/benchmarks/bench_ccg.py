@@ -18,7 +18,6 @@ Everything runs on one CPU thread.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile

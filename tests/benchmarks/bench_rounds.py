@@ -293,7 +293,7 @@ def table(name: str, conv: dict) -> list[str]:
         lines.append(bound_line(conv["exit_bound"]))
     oracle = conv.get("oracle") or {}
     if oracle:
-        lines.append(f"  oracle (the reference's well-tempered bias from the first FG step, one round), by seed: "
+        lines.append("  oracle (the reference's well-tempered bias from the first FG step, one round), by seed: "
                      + "; ".join(f"{seed}: target {show(o['steps_to_target'])}, below from {show(o.get('steps_to_stay'))}, "
                                  f"final {o['curve'][-1][1]:.3f} kT" for seed, o in oracle.items()))
     return lines

@@ -14,7 +14,7 @@ import yaml
 from cgflow.analysis import reference as ref_mod
 from cgflow.analysis.campaign import cv_edges, write_reference
 from cgflow.analysis.fes import read_fes_csv
-from cgflow.analysis.reference import LongMetadSettings, cache_dir, cache_key, find_reference, metadynamics_long
+from cgflow.analysis.reference import LongMetadSettings, cache_dir, cache_key, find_reference
 from cgflow.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
