@@ -275,20 +275,20 @@ def _provenance(campaign, **extra) -> dict:
 def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None = None) -> None:
     """Write ``fg_mapped.npz`` (mapped x, f; phi/psi; weights from rounds; the FG ``platform``): from
     the rounds' (samples, forces, weights) files when given (``cg.fg_data: rounds``), else from the
-    stage's own unbiased FG run."""
+    stage's own unbiased FG run, whose work folder goes once the data are written (also when a
+    killed own run left it and the config has since switched to the rounds)."""
+    workdir = out.parent / ".work-fg"
     if rounds is not None:
         from cgflow.analysis.reweight import kish
 
         data = rounds_mapped(campaign, *rounds)
         log.info("FG mapped data from %d rounds: %d frames, Kish ESS %.0f", len(rounds[0]), len(data["x"]),
                  kish(data["weights"]))
-        save_npz(out, data)
-        return
-    workdir = out.parent / ".work-fg"
-    data = own_fg_run(campaign, workdir)
-    log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
+    else:
+        data = own_fg_run(campaign, workdir)
+        log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
     save_npz(out, data)
-    shutil.rmtree(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def own_fg_run(campaign, workdir: Path) -> dict:

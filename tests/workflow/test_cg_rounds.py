@@ -39,10 +39,18 @@ def campaign_dir(tmp_path_factory):
     where = tmp_path_factory.mktemp("cg-rounds")
     config = where / "campaign.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
+    stale = where / "results" / "ala-cgr" / "cg" / ".work-fg"  # a killed own run's, before the switch to rounds
+    stale.mkdir(parents=True)
+    (stale / "chunk-0000002000.npz").write_bytes(b"")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = snakemake("--configfile", config, "-d", where, "--cores", "2", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return where / "results" / "ala-cgr"
+
+
+def test_an_own_runs_leftover_work_folder_goes_with_the_switch_to_rounds(campaign_dir):
+    assert (campaign_dir / "cg" / "fg_mapped.npz").exists()
+    assert not (campaign_dir / "cg" / ".work-fg").exists()
 
 
 def test_rounds_record_the_fg_forces_without_the_bias(campaign_dir):
