@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def kill_after_chunks(cmd: list[str], work: Path, n_chunks: int, env: dict | None = None) -> int:
+    """Start ``cmd`` and SIGKILL it once ``work`` holds ``n_chunks`` checkpoint chunks (or after
+    60 s, or when it ends first); return how many chunks it left, as a job killed mid-run does."""
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(list(work.rglob("chunk-*.npz"))) < n_chunks and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(work.rglob("chunk-*.npz")))
 
 
 @pytest.fixture

@@ -5,10 +5,7 @@ rounds give convergence curves (FES RMSE vs FG steps) on one budget axis."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +23,7 @@ from cgflow.guidance.bias import BiasGrid
 from cgflow.io import read_provenance
 from cgflow.sampling.metadynamics import MetadSettings, cli_peer, read_snapshots, run_metadynamics
 from cgflow.sampling.round import run
+from tests.conftest import kill_after_chunks
 
 DOUBLE_WELL = {"type": "toy", "potential": "double_well"}
 
@@ -128,14 +126,8 @@ def test_killed_metadynamics_resumes_to_the_uninterrupted_output(tmp_path):
     code = ("from pathlib import Path; from cgflow.config import load_config; "
             "from cgflow.sampling.metadynamics import run_metadynamics; "
             f"run_metadynamics(load_config(Path({str(config)!r})), Path({str(tmp_path / 'killed')!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     work = tmp_path / "killed" / ".work"
-    deadline = time.time() + 60
-    while len(list(work.glob("chunk-*.npz"))) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_done = len(list(work.glob("chunk-*.npz")))
+    n_done = kill_after_chunks([sys.executable, "-c", code], work, 2)
     assert 2 <= n_done < 10, "the job must be killed mid-run for this test to mean anything"
     assert not (tmp_path / "killed" / "samples.parquet").exists()
 

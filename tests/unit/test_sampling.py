@@ -3,10 +3,8 @@ killed job resumes from its checkpoints to the very output an uninterrupted run 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from cgflow.analysis.campaign import cv_edges
 from cgflow.analysis.fes import compare_to_reference, histogram_fes
 from cgflow.io import read_provenance
 from cgflow.sampling.round import run, walker_block
+from tests.conftest import kill_after_chunks
 
 
 def _rmse_vs_exact(campaign, samples: pd.DataFrame, cutoff_kT: float) -> dict:
@@ -99,14 +98,7 @@ def test_killed_job_resumes_to_the_uninterrupted_output(campaign, tmp_path, cli_
     reference = pd.read_parquet(run(c, 0, tmp_path / "whole"))
 
     cmd = [sys.executable, "-m", "cgflow.cli", "sample", "--config", str(config), "--round", "0", "--out-dir", str(tmp_path / "killed")]
-    proc = subprocess.Popen(cmd, env=cli_env, stderr=subprocess.DEVNULL)
-    chunks = tmp_path / "killed" / ".work"
-    deadline = time.time() + 60
-    while len(list(chunks.rglob("chunk-*.npz"))) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_done = len(list(chunks.rglob("chunk-*.npz")))
+    n_done = kill_after_chunks(cmd, tmp_path / "killed" / ".work", 3, cli_env)
     assert 3 <= n_done < 20, "the job must be killed mid-run for this test to mean anything"
     assert not (tmp_path / "killed" / "samples.parquet").exists()
 
