@@ -143,6 +143,18 @@ def cmd_ccg_compare(args) -> None:
                      Path(args.summary), Path(args.out_dir))
 
 
+def cmd_install_profile(args) -> None:
+    from cgflow.profiles import ProfileError, install_profile
+
+    try:
+        target, written = install_profile(args.force)
+    except ProfileError as exc:
+        raise SystemExit(f"cgflow install-profile: {exc}") from None
+    print(f"{'installed' if written else 'already installed, unchanged:'} {target}\n"
+          "run campaigns with `snakemake --profile slurm --configfile my.yaml`; put your partition and account "
+          "under default-resources there (README: Running on a cluster)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -157,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_write_config)
+
+    p = sub.add_parser("install-profile", help="copy profiles/slurm to Snakemake's user config folder, so that "
+                       "`snakemake --profile slurm` finds it from anywhere")
+    p.add_argument("--force", action="store_true", help="replace a copy that differs from the shipped profile")
+    p.set_defaults(func=cmd_install_profile)
 
     p = sub.add_parser("sample", help="run one round of FG sampling (under mpiexec/srun or alone)")
     p.add_argument("--config", required=True, help="resolved campaign config")
