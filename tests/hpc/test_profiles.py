@@ -26,6 +26,16 @@ def test_slurm_profile_resources_name_real_rules_and_no_site():
     assert "slurm_partition:" not in text and "slurm_account:" not in text  # left to the site
 
 
+def test_the_workflow_profile_changes_nothing_the_slurm_profile_sets():
+    """profiles/default applies to every run from this checkout and overrides the same keys of
+    ``--profile profiles/slurm``: an executor, jobs or resources there would turn a cluster run
+    local or shrink its jobs without a word."""
+    default = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    slurm = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert not set(default) & {"executor", "jobs", "default-resources", "set-resources", "resources", "groups"}
+    assert {k: default[k] for k in set(default) & set(slurm)} == {k: slurm[k] for k in set(default) & set(slurm)}
+
+
 def _install(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "cgflow"), "install-profile", *args], capture_output=True, text=True, env=env)
 
