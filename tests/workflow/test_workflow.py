@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -88,3 +89,18 @@ def test_bad_config_stops_before_any_job(tmp_path, cli_env):
     assert "cgflow: bad config: sampling.temperature: -1 is not allowed; it must be > 0" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_jobs_find_cgflow_without_an_activated_environment(tmp_path):
+    """`.venv/bin/snakemake` run with a PATH that does not name the venv (as after `make install`,
+    without `source .venv/bin/activate`): its jobs still run the venv's `cgflow`."""
+    import os
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                                 if p and not (Path(p) / "cgflow").exists())}
+    out = snakemake("--configfile", config, "-d", tmp_path, "--cores", "1", f"results/{TINY['campaign']}/config.yaml",
+                    env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "results" / TINY["campaign"] / "config.yaml").read_text())["seed"] == TINY["seed"]

@@ -5,6 +5,10 @@ import sys
 from pathlib import Path
 
 from cgflow.config import ConfigError, load_config
+from cgflow.jobs import run_jobs_in_this_environment
+
+# `.venv/bin/snakemake` works without activating the venv: jobs find its `cgflow` and `mpiexec`
+run_jobs_in_this_environment()
 
 try:
     CAMPAIGN = load_config(config)
