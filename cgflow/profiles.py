@@ -20,11 +20,11 @@ class ProfileError(RuntimeError):
     """The profile cannot be installed: nothing shipped to copy, or an edited copy in the way."""
 
 
-def user_profile_dir(name: str = "slurm") -> Path:
-    """Where Snakemake looks for ``--profile name`` after the working directory."""
+def user_profile_dir() -> Path:
+    """Where Snakemake looks for ``--profile slurm`` after the working directory."""
     from platformdirs import user_config_dir
 
-    return Path(user_config_dir("snakemake", "snakemake")) / name
+    return Path(user_config_dir("snakemake", "snakemake")) / "slurm"
 
 
 def install_profile(force: bool = False) -> tuple[Path, bool]:
