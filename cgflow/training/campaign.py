@@ -24,6 +24,8 @@ def model_grid(campaign):
 
 def train_round(campaign, round_index: int, sample_paths: list[Path], weights_path: Path,
                 out_model: Path, out_history: Path) -> None:
+    """Fit round k's CG ensemble and write it (``cg.pt``) with its training curve; a killed job
+    resumes the fit from ``cg.fit-checkpoint.pt`` beside ``out_model``."""
     import torch
 
     from cgflow.analysis.campaign import cv_domain
@@ -43,7 +45,7 @@ def train_round(campaign, round_index: int, sample_paths: list[Path], weights_pa
     blocks = df["round"].to_numpy() * (campaign.sampling.walkers + 1) + df["walker"].to_numpy()
     history = fit(model, df[names].to_numpy(), df["weight"].to_numpy(), blocks, campaign.sampling.kT,
                   model_average=average, grid=model_grid(campaign), steps=g.train_steps, lr=g.learning_rate,
-                  seed=seed)
+                  seed=seed, checkpoint=Path(out_model).with_name(f"{Path(out_model).stem}.fit-checkpoint.pt"))
     meta = {"round": round_index, "cv_names": names, "kT_kJmol": campaign.sampling.kT,
             "temperature_K": campaign.sampling.temperature, "model_average": average,
             "config_hash": campaign.hash, "seed": seed, "versions": package_versions(),

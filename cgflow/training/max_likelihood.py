@@ -16,12 +16,17 @@ up to grid error, for up to 3 CVs) or from **Langevin** chains: persistent CG La
 ``<U_m>_model`` and the surrogate loss ``beta (<U_m>_data,w - mean U_m(chains))`` has the same
 gradient (its value is not the NLL). Training uses AdamW on all members at once, with a cosine
 decay of the learning rate so the last steps settle instead of rattling around the optimum.
+With a ``checkpoint`` file, a fit killed part-way resumes from its last checkpoint and ends
+with the very model an uninterrupted fit gives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +47,8 @@ h = dt/friction = 0.002 CV units² per kJ/mol keeps h·curvature ≈ 0.1 for wel
 test double well); at a fixed cost, more steps per training step beat more chains."""
 FINAL_LR_FRACTION = 0.05
 """The cosine schedule ends at this fraction of the initial learning rate."""
+CHECKPOINT_EVERY = 100
+"""Training steps between two checkpoints (seconds of work on two CVs)."""
 
 
 def fit(
@@ -60,6 +67,7 @@ def fit(
     seed: int = 0,
     langevin: dict | None = None,
     log_every: int | None = None,
+    checkpoint: Path | None = None,
 ) -> dict:
     """Train ``model`` in place on CV samples ``cv`` (n, d) with FG weights (n,) and block labels (n,).
 
@@ -70,7 +78,9 @@ def fit(
     samples with probability ∝ w_mi (an unbiased minibatch of the weighted average); otherwise
     the sums are exact. ``weight_decay`` is AdamW's (decoupled); progress is logged every
     ``log_every`` steps (default: five times per fit). The same arguments give the same model
-    on CPU.
+    on CPU. ``checkpoint``: a file written every :data:`CHECKPOINT_EVERY` steps and resumed from
+    when it was written for the same model, data and arguments (else it is ignored and
+    overwritten); it is removed when the fit ends.
 
     Returns the history: ``loss`` (mean over members, per step), ``loss_per_member`` (per step),
     ``n_samples`` (used after dropping) and ``model_average``. Raises RuntimeError when a
@@ -122,7 +132,27 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=FINAL_LR_FRACTION * lr)
     log_every = log_every or max(1, steps // 5)
     history = {"loss": [], "loss_per_member": [], "n_samples": len(s), "model_average": model_average}
-    for step in range(steps):
+    signature = _signature(model, s, sample_weights, nodes if model_average == "quadrature" else None,
+                           [model_average, steps, lr, batch_size, weight_decay, seed, settings])
+
+    start = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = torch.load(checkpoint, weights_only=True)
+        if saved.get("signature") == signature:
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            schedule.load_state_dict(saved["schedule"])
+            rng.bit_generator.state = json.loads(saved["numpy_rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            if model_average == "langevin":
+                generator.set_state(saved["generator"])
+                chains = saved["chains"]
+            history["loss"], history["loss_per_member"] = list(saved["loss"]), list(saved["loss_per_member"])
+            start = int(saved["step"])
+            logger.info("max-likelihood: resuming from %s at step %d of %d", checkpoint, start, steps)
+        else:
+            logger.warning("max-likelihood: ignoring %s, written for other data or settings", checkpoint)
+    for step in range(start, steps):
         if full_batch:
             data_term = beta * (w_t * model(s_t)).sum(dim=1)
         else:
@@ -148,7 +178,30 @@ def fit(
         if (step + 1) % log_every == 0 or step == steps - 1:
             logger.info("max-likelihood step %d/%d: loss %.4f (members %s)", step + 1, steps, history["loss"][-1],
                         ", ".join(f"{x:.4f}" for x in per_member))
+        if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
+            from cgflow.io import atomic_path
+
+            state = {"signature": signature, "step": step + 1, "model": model.state_dict(),
+                     "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                     "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                     "loss": history["loss"], "loss_per_member": history["loss_per_member"]}
+            if model_average == "langevin":
+                state.update(generator=generator.get_state(), chains=chains)
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     return history
+
+
+def _signature(model, s: np.ndarray, sample_weights: np.ndarray, nodes, arguments: list) -> str:
+    """What a checkpoint must have been written for: the model as it starts, the samples, each
+    member's weights, the quadrature nodes and the other arguments."""
+    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode())
+    for array in (*(t.detach().cpu().numpy() for t in model.state_dict().values()), s, sample_weights,
+                  nodes.cpu().numpy() if nodes is not None else np.zeros(0)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _prepare(model: CVEnergyEnsemble, cv, weights, blocks, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

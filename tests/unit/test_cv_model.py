@@ -232,3 +232,62 @@ def test_free_energies_are_normalised_and_agree_off_grid():
     assert np.allclose(np.exp(-F / KT).sum(axis=(1, 2)) * grid.cell_volume, 1.0)
     shifted = grid.points + [2 * np.pi, 0.0]  # one period on: the same free energies
     assert np.allclose(free_energies_at(model, grid, KT, shifted), F.reshape(3, -1), atol=1e-3)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _fit_killed_at(monkeypatch, kill_step, run):
+    """``run()`` with the fit stopped by an exception at step ``kill_step``, as a killed job stops:
+    its checkpoint from the steps before stays."""
+    from cgflow.training import max_likelihood
+
+    check = max_likelihood._check_finite
+
+    def stop(loss, step):
+        if step == kill_step:
+            raise _Killed
+        check(loss, step)
+
+    monkeypatch.setattr(max_likelihood, "_check_finite", stop)
+    with pytest.raises(_Killed):
+        run()
+    monkeypatch.setattr(max_likelihood, "_check_finite", check)
+
+
+@pytest.mark.parametrize("model_average", ["quadrature", "langevin"])
+def test_a_killed_fit_resumes_to_the_model_of_an_uninterrupted_one(model_average, monkeypatch, tmp_path, caplog):
+    from cgflow.training import max_likelihood
+
+    monkeypatch.setattr(max_likelihood, "CHECKPOINT_EVERY", 10)
+    s = sample_1d(double_well, 3000, np.random.default_rng(8))[:, None]
+    checkpoint = tmp_path / "cg.fit-checkpoint.pt"
+
+    def run(lr=1e-2):
+        model = CVEnergyEnsemble(*BOX, hidden=(16, 16))
+        history = fit(model, s, np.ones(len(s)), np.arange(len(s)) % 10, KT, steps=40, batch_size=1000, lr=lr,
+                      model_average=model_average, checkpoint=checkpoint)
+        return history["loss"], free_energies(model, GRID_1D, KT)
+
+    loss, F = run()
+    assert not checkpoint.exists()
+    _fit_killed_at(monkeypatch, 25, run)
+    assert checkpoint.is_file()
+    steps_run = []
+    check = max_likelihood._check_finite
+    monkeypatch.setattr(max_likelihood, "_check_finite", lambda loss, step: steps_run.append(step) or check(loss, step))
+    with caplog.at_level("INFO", logger="cgflow.training.max_likelihood"):
+        resumed_loss, resumed_F = run()
+    monkeypatch.setattr(max_likelihood, "_check_finite", check)
+    assert "at step 20 of 40" in caplog.text and steps_run == list(range(20, 40))
+    assert resumed_loss == loss and np.array_equal(resumed_F, F)
+    assert not checkpoint.exists()
+
+    _fit_killed_at(monkeypatch, 25, run)  # a checkpoint of other settings is not resumed from
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cgflow.training.max_likelihood"):
+        other_loss, other_F = run(lr=5e-3)
+    assert "ignoring" in caplog.text and not checkpoint.exists()
+    fresh_loss, fresh_F = run(lr=5e-3)
+    assert other_loss == fresh_loss and np.array_equal(other_F, fresh_F)
