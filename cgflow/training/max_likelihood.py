@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cgflow.analysis.fes import _sub_blocks
+from cgflow.io import atomic_path
 from cgflow.models.cv_energy import CVEnergyEnsemble, Grid
 from cgflow.sampling.cg_langevin import langevin as run_langevin
 
@@ -179,8 +180,6 @@ def fit(
             logger.info("max-likelihood step %d/%d: loss %.4f (members %s)", step + 1, steps, history["loss"][-1],
                         ", ".join(f"{x:.4f}" for x in per_member))
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
-            from cgflow.io import atomic_path
-
             state = {"signature": signature, "step": step + 1, "model": model.state_dict(),
                      "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                      "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
