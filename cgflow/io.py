@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -93,3 +96,27 @@ def read_provenance(path: str | os.PathLike) -> dict:
 
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"cgflow", b"{}"))
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write a training checkpoint (``torch.save``) atomically: a job killed while writing it
+    keeps the previous one."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike | None, signature: str | None = None) -> dict | None:
+    """The training checkpoint at ``path`` (tensors and plain data only: ``weights_only``), or
+    None when there is none, or when ``signature`` is given and the checkpoint was written for
+    another one (another model, data or settings: then with a warning, as it will be replaced)."""
+    if path is None or not Path(path).is_file():
+        return None
+    import torch
+
+    state = torch.load(path, weights_only=True)
+    if signature is not None and state.get("signature") != signature:
+        log.warning("ignoring checkpoint %s: written for other data or settings", path)
+        return None
+    return state

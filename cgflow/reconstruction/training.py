@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path
+from cgflow.io import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +131,17 @@ def train(flow, energy, conditioning: Conditioning, settings: TrainSettings, kT:
     signature = _signature(flow, settings, conditioning, signature_extra)
     history: list[dict] = []
     start, evaluations_before, wall_before = 0, 0, 0.0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=True)
-        if state.get("signature") == signature:
-            flow.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            schedule.load_state_dict(state["schedule"])
-            torch.set_rng_state(state["rng"])
-            history = list(state["history"])
-            start = int(state["step"])
-            evaluations_before = int(state["evaluations"])
-            wall_before = float(state["wall_s"])
-            log.info("resuming flow training from %s at step %d", checkpoint, start)
-        else:
-            log.warning("ignoring checkpoint %s: written for other settings", checkpoint)
+    state = load_checkpoint(checkpoint, signature)
+    if state is not None:
+        flow.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+        start = int(state["step"])
+        evaluations_before = int(state["evaluations"])
+        wall_before = float(state["wall_s"])
+        log.info("resuming flow training from %s at step %d", checkpoint, start)
     if nll_data is not None:
         nll_s = torch.as_tensor(np.asarray(nll_data[0], dtype=float).reshape(len(nll_data[0]), -1))
         nll_y = torch.as_tensor(np.asarray(nll_data[1], dtype=float).reshape(len(nll_data[1]), -1))
@@ -188,8 +185,7 @@ def train(flow, energy, conditioning: Conditioning, settings: TrainSettings, kT:
                      "rng": torch.get_rng_state(), "history": history,
                      "evaluations": evaluations_before + energy.evaluations - evaluations0,
                      "wall_s": wall_before + time.perf_counter() - t0}
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            save_checkpoint(checkpoint, state)
     flow.eval()
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cgflow.analysis.fes import _sub_blocks
-from cgflow.io import atomic_path
+from cgflow.io import load_checkpoint, save_checkpoint
 from cgflow.models.cv_energy import CVEnergyEnsemble, Grid
 from cgflow.sampling.cg_langevin import langevin as run_langevin
 
@@ -137,22 +137,19 @@ def fit(
                            [model_average, steps, lr, batch_size, weight_decay, seed, settings])
 
     start = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        saved = torch.load(checkpoint, weights_only=True)
-        if saved.get("signature") == signature:
-            model.load_state_dict(saved["model"])
-            optimiser.load_state_dict(saved["optimiser"])
-            schedule.load_state_dict(saved["schedule"])
-            rng.bit_generator.state = json.loads(saved["numpy_rng"])
-            torch.set_rng_state(saved["torch_rng"])
-            if model_average == "langevin":
-                generator.set_state(saved["generator"])
-                chains = saved["chains"]
-            history["loss"], history["loss_per_member"] = list(saved["loss"]), list(saved["loss_per_member"])
-            start = int(saved["step"])
-            logger.info("max-likelihood: resuming from %s at step %d of %d", checkpoint, start, steps)
-        else:
-            logger.warning("max-likelihood: ignoring %s, written for other data or settings", checkpoint)
+    saved = load_checkpoint(checkpoint, signature)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = json.loads(saved["numpy_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        if model_average == "langevin":
+            generator.set_state(saved["generator"])
+            chains = saved["chains"]
+        history["loss"], history["loss_per_member"] = list(saved["loss"]), list(saved["loss_per_member"])
+        start = int(saved["step"])
+        logger.info("max-likelihood: resuming from %s at step %d of %d", checkpoint, start, steps)
     for step in range(start, steps):
         if full_batch:
             data_term = beta * (w_t * model(s_t)).sum(dim=1)
@@ -186,8 +183,7 @@ def fit(
                      "loss": history["loss"], "loss_per_member": history["loss_per_member"]}
             if model_average == "langevin":
                 state.update(generator=generator.get_state(), chains=chains)
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+            save_checkpoint(checkpoint, state)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     return history

@@ -120,19 +120,20 @@ class Trainer:
                                    f"at epoch {len(self.history)}; lower the learning rate")
 
     def _save(self) -> None:
-        from cgflow.io import atomic_path
+        from cgflow.io import save_checkpoint
 
         if self.checkpoint is None:
             return
-        with atomic_path(self.checkpoint) as tmp:
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "history": self.history, "best": self.best, "best_state": self.best_state,
-                        "generator": self.generator.get_state()}, tmp)
+        save_checkpoint(self.checkpoint, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                          "history": self.history, "best": self.best, "best_state": self.best_state,
+                                          "generator": self.generator.get_state()})
 
     def _resume(self) -> None:
-        if self.checkpoint is None or not self.checkpoint.exists():
+        from cgflow.io import load_checkpoint
+
+        state = load_checkpoint(self.checkpoint)
+        if state is None:
             return
-        state = torch.load(self.checkpoint, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best, self.best_state = list(state["history"]), state["best"], state["best_state"]
