@@ -238,22 +238,18 @@ class _Killed(Exception):
     pass
 
 
-def _fit_killed_at(monkeypatch, kill_step, run):
-    """``run()`` with the fit stopped by an exception at step ``kill_step``, as a killed job stops:
-    its checkpoint from the steps before stays."""
-    from cgflow.training import max_likelihood
+class _Steps:
+    """Stands in for ``max_likelihood._check_finite``, which a fit calls once a step: records the
+    steps it runs and, at ``kill_at``, stops it as a killed job stops (the checkpoint before stays)."""
 
-    check = max_likelihood._check_finite
+    def __init__(self, check, kill_at=None):
+        self.check, self.kill_at, self.seen = check, kill_at, []
 
-    def stop(loss, step):
-        if step == kill_step:
+    def __call__(self, loss, step):
+        if step == self.kill_at:
             raise _Killed
-        check(loss, step)
-
-    monkeypatch.setattr(max_likelihood, "_check_finite", stop)
-    with pytest.raises(_Killed):
-        run()
-    monkeypatch.setattr(max_likelihood, "_check_finite", check)
+        self.seen.append(step)
+        self.check(loss, step)
 
 
 @pytest.mark.parametrize("model_average", ["quadrature", "langevin"])
@@ -261,33 +257,32 @@ def test_a_killed_fit_resumes_to_the_model_of_an_uninterrupted_one(model_average
     from cgflow.training import max_likelihood
 
     monkeypatch.setattr(max_likelihood, "CHECKPOINT_EVERY", 10)
+    check = max_likelihood._check_finite
     s = sample_1d(double_well, 3000, np.random.default_rng(8))[:, None]
     checkpoint = tmp_path / "cg.fit-checkpoint.pt"
 
-    def run(lr=1e-2):
+    def run(lr=1e-2, kill_at=None):
+        steps = _Steps(check, kill_at)
+        monkeypatch.setattr(max_likelihood, "_check_finite", steps)
         model = CVEnergyEnsemble(*BOX, hidden=(16, 16))
         history = fit(model, s, np.ones(len(s)), np.arange(len(s)) % 10, KT, steps=40, batch_size=1000, lr=lr,
                       model_average=model_average, checkpoint=checkpoint)
-        return history["loss"], free_energies(model, GRID_1D, KT)
+        return history["loss"], free_energies(model, GRID_1D, KT), steps.seen
 
-    loss, F = run()
+    loss, F, _ = run()
     assert not checkpoint.exists()
-    _fit_killed_at(monkeypatch, 25, run)
+    with pytest.raises(_Killed):
+        run(kill_at=25)
     assert checkpoint.is_file()
-    steps_run = []
-    check = max_likelihood._check_finite
-    monkeypatch.setattr(max_likelihood, "_check_finite", lambda loss, step: steps_run.append(step) or check(loss, step))
     with caplog.at_level("INFO", logger="cgflow.training.max_likelihood"):
-        resumed_loss, resumed_F = run()
-    monkeypatch.setattr(max_likelihood, "_check_finite", check)
-    assert "at step 20 of 40" in caplog.text and steps_run == list(range(20, 40))
+        resumed_loss, resumed_F, seen = run()
+    assert "at step 20 of 40" in caplog.text and seen == list(range(20, 40))
     assert resumed_loss == loss and np.array_equal(resumed_F, F)
     assert not checkpoint.exists()
 
-    _fit_killed_at(monkeypatch, 25, run)  # a checkpoint of other settings is not resumed from
-    caplog.clear()
-    with caplog.at_level("INFO", logger="cgflow.training.max_likelihood"):
-        other_loss, other_F = run(lr=5e-3)
-    assert "ignoring" in caplog.text and not checkpoint.exists()
-    fresh_loss, fresh_F = run(lr=5e-3)
+    with pytest.raises(_Killed):  # a checkpoint written for other settings is not resumed from
+        run(kill_at=25)
+    other_loss, other_F, seen = run(lr=5e-3)
+    assert seen == list(range(40)) and not checkpoint.exists()
+    fresh_loss, fresh_F, _ = run(lr=5e-3)
     assert other_loss == fresh_loss and np.array_equal(other_F, fresh_F)
