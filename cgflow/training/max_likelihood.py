@@ -133,10 +133,10 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=FINAL_LR_FRACTION * lr)
     log_every = log_every or max(1, steps // 5)
     history = {"loss": [], "loss_per_member": [], "n_samples": len(s), "model_average": model_average}
-    signature = _signature(model, s, sample_weights, nodes if model_average == "quadrature" else None,
-                           [model_average, steps, lr, batch_size, weight_decay, seed, settings])
-
-    start = 0
+    start, signature = 0, None
+    if checkpoint is not None:  # hashing the samples is work only a checkpoint needs
+        signature = _signature(model, s, sample_weights, nodes if model_average == "quadrature" else None,
+                               [model_average, steps, lr, batch_size, weight_decay, seed, settings])
     saved = load_checkpoint(checkpoint, signature)
     if saved is not None:
         model.load_state_dict(saved["model"])
