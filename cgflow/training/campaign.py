@@ -49,7 +49,7 @@ def train_round(campaign, round_index: int, sample_paths: list[Path], weights_pa
     meta = {"round": round_index, "cv_names": names, "kT_kJmol": campaign.sampling.kT,
             "temperature_K": campaign.sampling.temperature, "model_average": average,
             "config_hash": campaign.hash, "seed": seed, "versions": package_versions(),
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": history["resumed_wall_s"] + time.perf_counter() - t0}
     save(model, out_model, meta)
     write_json(out_history, {**meta, "loss": history["loss"], "n_samples": history["n_samples"]})
     log.info("round %d: trained %d CG models on %d frames in %.1f s (final loss %.4g)",

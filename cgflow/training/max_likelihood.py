@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,8 @@ def fit(
     overwritten); it is removed when the fit ends.
 
     Returns the history: ``loss`` (mean over members, per step), ``loss_per_member`` (per step),
-    ``n_samples`` (used after dropping) and ``model_average``. Raises RuntimeError when a
+    ``n_samples`` (used after dropping), ``model_average`` and ``resumed_wall_s`` (seconds the
+    killed runs before this one spent on the steps it resumed from; 0 without a resume). Raises RuntimeError when a
     member's loss becomes NaN or infinite.
     """
     if model_average not in MODEL_AVERAGES:
@@ -133,7 +135,7 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=FINAL_LR_FRACTION * lr)
     log_every = log_every or max(1, steps // 5)
     history = {"loss": [], "loss_per_member": [], "n_samples": len(s), "model_average": model_average}
-    start, signature = 0, None
+    start, signature, resumed_wall = 0, None, 0.0
     if checkpoint is not None:  # hashing the samples is work only a checkpoint needs
         signature = _signature(model, s, sample_weights, nodes if model_average == "quadrature" else None,
                                [model_average, steps, lr, batch_size, weight_decay, seed, settings])
@@ -148,8 +150,9 @@ def fit(
             generator.set_state(saved["generator"])
             chains = saved["chains"]
         history["loss"], history["loss_per_member"] = list(saved["loss"]), list(saved["loss_per_member"])
-        start = int(saved["step"])
+        start, resumed_wall = int(saved["step"]), float(saved.get("wall_s", 0.0))
         logger.info("max-likelihood: resuming from %s at step %d of %d", checkpoint, start, steps)
+    t0 = time.perf_counter()
     for step in range(start, steps):
         if full_batch:
             data_term = beta * (w_t * model(s_t)).sum(dim=1)
@@ -180,12 +183,14 @@ def fit(
             state = {"signature": signature, "step": step + 1, "model": model.state_dict(),
                      "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                      "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                     "loss": history["loss"], "loss_per_member": history["loss_per_member"]}
+                     "loss": history["loss"], "loss_per_member": history["loss_per_member"],
+                     "wall_s": resumed_wall + time.perf_counter() - t0}
             if model_average == "langevin":
                 state.update(generator=generator.get_state(), chains=chains)
             save_checkpoint(checkpoint, state)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
+    history["resumed_wall_s"] = resumed_wall
     return history
 
 

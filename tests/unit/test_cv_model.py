@@ -267,22 +267,22 @@ def test_a_killed_fit_resumes_to_the_model_of_an_uninterrupted_one(model_average
         model = CVEnergyEnsemble(*BOX, hidden=(16, 16))
         history = fit(model, s, np.ones(len(s)), np.arange(len(s)) % 10, KT, steps=40, batch_size=1000, lr=lr,
                       model_average=model_average, checkpoint=checkpoint)
-        return history["loss"], free_energies(model, GRID_1D, KT), steps.seen
+        return history["loss"], free_energies(model, GRID_1D, KT), steps.seen, history["resumed_wall_s"]
 
-    loss, F, _ = run()
-    assert not checkpoint.exists()
+    loss, F, _, resumed_wall = run()
+    assert not checkpoint.exists() and resumed_wall == 0
     with pytest.raises(_Killed):
         run(kill_at=25)
     assert checkpoint.is_file()
     with caplog.at_level("INFO", logger="cgflow.training.max_likelihood"):
-        resumed_loss, resumed_F, seen = run()
-    assert "at step 20 of 40" in caplog.text and seen == list(range(20, 40))
+        resumed_loss, resumed_F, seen, resumed_wall = run()
+    assert "at step 20 of 40" in caplog.text and seen == list(range(20, 40)) and resumed_wall > 0
     assert resumed_loss == loss and np.array_equal(resumed_F, F)
     assert not checkpoint.exists()
 
     with pytest.raises(_Killed):  # a checkpoint written for other settings is not resumed from
         run(kill_at=25)
-    other_loss, other_F, seen = run(lr=5e-3)
-    assert seen == list(range(40)) and not checkpoint.exists()
-    fresh_loss, fresh_F, _ = run(lr=5e-3)
+    other_loss, other_F, seen, resumed_wall = run(lr=5e-3)
+    assert seen == list(range(40)) and not checkpoint.exists() and resumed_wall == 0
+    fresh_loss, fresh_F, _, _ = run(lr=5e-3)
     assert other_loss == fresh_loss and np.array_equal(other_F, fresh_F)
