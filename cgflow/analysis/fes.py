@@ -58,6 +58,7 @@ def histogram_fes(
     blocks: np.ndarray | None = None,
     n_bootstrap: int = 200,
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> FES:
     """Estimate a free-energy surface from samples ``cv`` (n, d) binned on ``edges``.
 
@@ -72,6 +73,9 @@ def histogram_fes(
     ``MIN_BLOCKS`` distinct blocks, each block's samples, in their given (time) order, are cut
     into contiguous sub-blocks so that there are at least ``MIN_BLOCKS``: a single walker still
     gets block-averaging error bars, provided its sub-blocks are longer than its correlation time.
+    ``strata`` (n,) label groups whose sample counts are fixed, the sampling rounds of reweighted
+    samples: blocks are resampled within each (:func:`resampled_blocks`), and the MIN_BLOCKS
+    rule applies per stratum.
     """
     edges = tuple(np.asarray(e, dtype=float) for e in edges)
     cv = np.asarray(cv, dtype=float)
@@ -89,11 +93,16 @@ def histogram_fes(
     labels = np.zeros(n, dtype=int) if blocks is None else np.asarray(blocks)
     if labels.shape != (n,):
         raise ValueError("blocks must give one label per sample")
+    if strata is not None:
+        strata = np.asarray(strata)
+        if strata.shape != (n,):
+            raise ValueError("strata must give one label per sample")
     if n_bootstrap < 2:
         raise ValueError("n_bootstrap must be at least 2")
 
     flat, inside = _bin_index(cv, edges)
     w, labels = w[inside], labels[inside]
+    strata = None if strata is None else strata[inside]
     if w.sum() <= 0:
         raise ValueError("no sample of positive weight falls inside the edges")
     w = w / w.max()  # F is scale-invariant; this keeps Σw² finite for weights like exp(+V/kT)
@@ -106,7 +115,8 @@ def histogram_fes(
     offset = np.nanmin(F_raw)
     n_eff = float(w.sum() ** 2 / np.sum(w**2))
 
-    F_err = _bootstrap_error(flat, w, _sub_blocks(labels), vol, kT, n_bootstrap, seed)
+    codes, multiplicity = resampled_blocks(labels, strata, n_bootstrap, np.random.default_rng(seed))
+    F_err = _bootstrap_error(flat, w, codes, multiplicity, vol, kT)
     return FES(
         edges=edges,
         F=(F_raw - offset).reshape(shape),
@@ -194,14 +204,38 @@ def _sub_blocks(labels: np.ndarray) -> np.ndarray:
     return np.unique(split, return_inverse=True)[1]
 
 
-def _bootstrap_error(
-    flat: np.ndarray, w: np.ndarray, codes: np.ndarray, vol: np.ndarray, kT: float, n_bootstrap: int, seed: int
-) -> np.ndarray:
-    n_blocks, n_bins = codes.max() + 1, vol.size
+def resampled_blocks(labels: np.ndarray, strata: np.ndarray | None, replicas: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A block bootstrap: each sample's block code (n,) and how often each replica draws each
+    block (replicas, B).
+
+    Blocks are drawn with replacement within their stratum, as many as the stratum has: a
+    sampling round's frame count is fixed by design, and the MBAR/TRAM weights assume it, so
+    a replica that drew more blocks of a biased round would put more weight on the barrier it
+    sampled than the weights allow. A stratum with fewer than :data:`MIN_BLOCKS` blocks has
+    them split into contiguous pieces (:func:`_sub_blocks`). ``strata`` None: one stratum.
+    """
+    labels = np.asarray(labels)
+    strata = np.zeros(len(labels), dtype=int) if strata is None else np.asarray(strata)
+    codes, block_stratum = np.empty(len(labels), dtype=int), []
+    for k, stratum in enumerate(np.unique(strata)):
+        members = np.flatnonzero(strata == stratum)
+        sub = _sub_blocks(labels[members])
+        codes[members] = sub + len(block_stratum)
+        block_stratum += [k] * (sub.max() + 1)
+    n_blocks, block_stratum = len(block_stratum), np.array(block_stratum)
+    multiplicity = np.zeros((replicas, n_blocks), dtype=int)
+    for k in np.unique(block_stratum):
+        own = np.flatnonzero(block_stratum == k)
+        drawn = own[rng.integers(own.size, size=(replicas, own.size))] + n_blocks * np.arange(replicas)[:, None]
+        multiplicity += np.bincount(drawn.ravel(), minlength=replicas * n_blocks).reshape(replicas, n_blocks)
+    return codes, multiplicity
+
+
+def _bootstrap_error(flat: np.ndarray, w: np.ndarray, codes: np.ndarray, multiplicity: np.ndarray, vol: np.ndarray,
+                     kT: float) -> np.ndarray:
+    n_blocks, n_bins = multiplicity.shape[1], vol.size
     block_mass = np.bincount(codes * n_bins + flat, weights=w, minlength=n_blocks * n_bins).reshape(n_blocks, n_bins)
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(n_blocks, size=(n_bootstrap, n_blocks)) + n_blocks * np.arange(n_bootstrap)[:, None]
-    multiplicity = np.bincount(drawn.ravel(), minlength=n_bootstrap * n_blocks).reshape(n_bootstrap, n_blocks)
     mass = multiplicity @ block_mass
     total = mass.sum(axis=1, keepdims=True)
     p = np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)

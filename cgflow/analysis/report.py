@@ -42,9 +42,8 @@ def round_fes(campaign, df, weights_path: Path):
     names = list(campaign.system.cv_names)
     part = attach_weights(df[df["round"].isin(_rounds_in(weights_path))], weights_path)
     cv, w, edges = part[names].to_numpy(), part["weight"].to_numpy(), cv_edges(campaign)
-    blocks = part["round"].to_numpy() * (campaign.sampling.walkers + 1) + part["walker"].to_numpy()
-    fes = histogram_fes(cv, edges, campaign.sampling.kT, weights=w, blocks=blocks,
-                        n_bootstrap=campaign.analysis.bootstrap, seed=campaign.seed)
+    fes = histogram_fes(cv, edges, campaign.sampling.kT, weights=w, blocks=part["walker"].to_numpy(),
+                        strata=part["round"].to_numpy(), n_bootstrap=campaign.analysis.bootstrap, seed=campaign.seed)
     inside = part["connected"].to_numpy(dtype=bool) if "connected" in part else np.ones(len(part), dtype=bool)
     return fes, connected_share(cv, edges, w, inside)
 

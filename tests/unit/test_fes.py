@@ -14,6 +14,7 @@ from cgflow.analysis.fes import (
     fes_from_frame,
     histogram_fes,
     read_fes_csv,
+    resampled_blocks,
     write_fes_csv,
 )
 
@@ -210,6 +211,49 @@ def test_sub_blocks_are_contiguous_pieces_of_each_block():
         within = codes[labels == b]
         assert np.all(np.diff(within) >= 0) and np.unique(within).size == 3
     assert np.array_equal(_sub_blocks(np.arange(10) % 10), np.arange(10))
+
+
+def test_blocks_are_resampled_within_their_stratum():
+    labels, strata = np.tile(np.arange(10), 3), np.repeat([4, 1, 7], 10)
+    codes, multiplicity = resampled_blocks(labels, strata, 50, np.random.default_rng(0))
+    assert multiplicity.shape == (50, 30) and np.unique(codes).size == 30
+    for stratum in (4, 1, 7):
+        own = np.unique(codes[strata == stratum])
+        assert np.all(multiplicity[:, own].sum(axis=1) == 10) and multiplicity[:, own].std() > 0
+    codes, multiplicity = resampled_blocks(np.zeros(40), np.repeat([0, 1], 20), 5, np.random.default_rng(0))
+    assert np.unique(codes[:20]).size == np.unique(codes[20:]).size == MIN_BLOCKS  # one block per stratum, split
+
+
+def test_reweighted_rounds_get_errors_of_their_true_spread():
+    """An unbiased round and a biased one (V = -0.8 U), 8 walkers each, weighted by MBAR: the
+    bootstrap that resamples walkers within each round matches the spread of F over repeated
+    campaigns; resampling them across rounds mixes biased and unbiased walkers and overstates it."""
+    from cgflow.analysis.reweight import mbar_weights
+
+    def bias(cv):
+        return -0.8 * double_well(np.asarray(cv)[:, 0])
+
+    walkers, n, repeats = 8, 400, 40
+    rounds = np.repeat([0, 1], walkers * n)
+    walker = np.tile(np.repeat(np.arange(walkers), n), 2)
+    F, by_round, across = [], [], []
+    for repeat in range(repeats):
+        rng = np.random.default_rng(repeat)
+        cv = np.concatenate([sample(double_well, walkers * n, rng),
+                             sample(lambda x: double_well(x) + bias(x[:, None]), walkers * n, rng)])
+        w = mbar_weights(cv[:, None], rounds, [None, bias], KT).weights
+        fes = histogram_fes(cv, [EDGES], KT, weights=w, blocks=walker, strata=rounds, seed=repeat)
+        mass = np.histogram(cv, EDGES, weights=w)[0]
+        with np.errstate(divide="ignore"):
+            F.append(-KT * np.log(mass / mass.sum()))  # unshifted, as the bootstrap's replicas are
+        by_round.append(fes.F_err)
+        across.append(histogram_fes(cv, [EDGES], KT, weights=w, blocks=rounds * walkers + walker, seed=repeat).F_err)
+    F = np.array(F)
+    seen = np.all(np.isfinite(F), axis=0)
+    spread = np.std(F[:, seen], axis=0, ddof=1)
+    ratio = np.median(np.mean(np.array(by_round)[:, seen], axis=0) / spread)
+    assert 0.7 < ratio < 1.4
+    assert np.median(np.mean(np.array(across)[:, seen], axis=0) / spread) > 1.4 * ratio
 
 
 def test_single_correlated_walker_gets_block_errors():
