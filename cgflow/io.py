@@ -3,6 +3,7 @@
 Every file cgflow writes goes through :func:`atomic_path`: the content is written to a
 temporary file in the same folder and renamed over the target only when complete, so a
 job killed at any moment leaves either the old file or the new one, never half of one.
+Work folders go the same way (:func:`remove_tree`): whole, or not at all.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +39,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete the folder ``path`` (if it exists) so that a kill at any moment leaves it whole
+    or gone: it is renamed out of the way first, then deleted. A resume trusts the checkpoints
+    it finds in a work folder, so one with some of them deleted must never be left."""
+    path = Path(path)
+    trash = path.with_name(f".{path.name}.removed")
+    shutil.rmtree(trash, ignore_errors=True)  # left by a kill during an earlier removal
+    if path.exists():
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

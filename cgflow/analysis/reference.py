@@ -25,7 +25,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -150,7 +149,7 @@ def compute(campaign, settings: LongMetadSettings, out_csv: Path) -> dict:
     FES of its last snapshot to ``out_csv`` and its provenance beside it; return the provenance."""
     from cgflow.analysis.campaign import _placeholder, cv_edges
     from cgflow.analysis.fes import fes_frame, write_fes_csv
-    from cgflow.io import package_versions, write_json
+    from cgflow.io import package_versions, remove_tree, write_json
     from cgflow.sampling.metadynamics import sample_metadynamics, write_snapshots
 
     t0 = time.perf_counter()
@@ -180,7 +179,7 @@ def compute(campaign, settings: LongMetadSettings, out_csv: Path) -> dict:
     }
     write_fes_csv(frame[list(names) + ["F_kJmol"]], out_csv)
     write_json(out_csv.with_suffix(".json"), provenance)  # the JSON last: it marks the entry complete
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     log.log(logging.INFO if converged else logging.WARNING,
             "metadynamics_long reference %s: %s (FES change between the last two snapshots %.3f kJ/mol "
             "RMSE where F < %g kJ/mol; threshold %g); %d FG steps in %.0f s", key,

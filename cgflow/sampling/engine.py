@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path, write_json
+from cgflow.io import atomic_path, remove_tree, write_json
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +155,7 @@ class Replica:
             for later in [c for c in done if _chunk_end(c) > resume_at]:
                 later.unlink()
             done = [c for c in done if _chunk_end(c) <= resume_at]
+        check_consecutive(folder, [_chunk_end(c) for c in done], chunk_ends(settings))
         self.total = settings.equilibration + settings.steps
         if done:
             with np.load(done[-1]) as last:
@@ -241,6 +241,14 @@ def _chunk_end(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
 
+def check_consecutive(folder: Path, found: list[int], expected: list[int]) -> None:
+    """Refuse to resume from chunks (ending at steps ``found``) that are not the first of the
+    ``expected`` ones: frames between them would be missing from the result without a word."""
+    if found != list(expected[:len(found)]):
+        raise RuntimeError(f"{folder}: its chunks end at steps {found}, not at the first {len(found)} of "
+                           f"{list(expected)}; the work folder was damaged: delete it to run this job afresh")
+
+
 def chunk_ends(settings: MDSettings) -> list[int]:
     """The steps at which a replica saves a chunk: every ``checkpoint_interval`` and the end."""
     total, ci = settings.equilibration + settings.steps, settings.checkpoint_interval
@@ -313,9 +321,11 @@ def _load_frames(folder: Path, walkers: list[int]) -> ReplicaFrames:
                          forces=np.concatenate(forces) if forces and len(forces) == len(parts["step"]) else None)
 
 
-def open_workdir(workdir: Path, job: dict, choose_platform) -> str:
+def open_workdir(workdir: Path, job: dict, choose_platform, threads: int) -> tuple[str, int]:
     """Reuse ``workdir`` if it holds the same ``job`` (config, round, walker layout) and return
-    the platform its checkpoints were made on; otherwise start it afresh with ``choose_platform()``.
+    the platform and CPU thread count its checkpoints were made with (OpenMM's CPU Langevin
+    random stream depends on the thread count); otherwise start it afresh with
+    ``choose_platform()`` and ``threads``.
     """
     path = workdir / "manifest.json"
     if workdir.exists():
@@ -324,13 +334,13 @@ def open_workdir(workdir: Path, job: dict, choose_platform) -> str:
         except (OSError, ValueError):
             manifest = {}
         if manifest.get("job") == job:
-            return manifest["platform"]
+            return manifest["platform"], int(manifest.get("threads", threads))
         log.info("discarding %s: it belongs to another config or walker layout", workdir)
-        shutil.rmtree(workdir)
+        remove_tree(workdir)
     platform = choose_platform()
     workdir.mkdir(parents=True)
-    write_json(path, {"job": job, "platform": platform})
-    return platform
+    write_json(path, {"job": job, "platform": platform, "threads": threads})
+    return platform, threads
 
 
 def open_run(workdir: Path, job: dict, sampling, trial_context) -> tuple[str, dict]:
@@ -338,14 +348,15 @@ def open_run(workdir: Path, job: dict, sampling, trial_context) -> tuple[str, di
     pinned to a free core when ``sampling.pin_cpu`` and a CPU platform may run; the platform its
     checkpoints were made on, else ``sampling.platform`` (``auto`` times ``trial_context(name)``,
     which returns a (context, integrator)); and that platform's Context properties (this rank's
-    GPU, one CPU thread when pinned)."""
+    GPU; the CPU threads its checkpoints were made with, else one when pinned)."""
     from cgflow.sampling.platform import (GPU_PLATFORMS, choose_platform, cpu_threads, gpu_device,
                                           pin_to_free_core, platform_properties)
 
     pinned = sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference")
     if pinned:
         pin_to_free_core()
-    platform = open_workdir(workdir, job, lambda: choose_platform(sampling.platform, trial_context))
+    platform, threads = open_workdir(workdir, job, lambda: choose_platform(sampling.platform, trial_context),
+                                     cpu_threads(pinned))
     # counting GPUs may import torch (~1 s): only a GPU platform needs the device index
     device = gpu_device() if platform in GPU_PLATFORMS else None
-    return platform, platform_properties(platform, device_index=device, threads=cpu_threads(pinned))
+    return platform, platform_properties(platform, device_index=device, threads=threads)

@@ -178,6 +178,8 @@ def run_with_hills(system, groups: list[list[int]], settings, platform: str, pro
         from mpi4py import MPI
 
         resume = comm.allreduce(resume, op=MPI.MIN)
+    for later in [p for p in saved if int(p.stem.split("-")[1]) > resume]:
+        later.unlink()  # as the replicas' later chunks are: a hills file must never outlive them
     if resume:
         hills.restore(workdir / f"hills-{resume:010d}.npz")
     bias = hills.total()

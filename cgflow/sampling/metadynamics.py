@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path, package_versions, write_parquet
-from cgflow.sampling.engine import MDSettings, ReplicaFrames, fg_frame, open_run, replica_seed
+from cgflow.io import atomic_path, package_versions, remove_tree, write_parquet
+from cgflow.sampling.engine import MDSettings, ReplicaFrames, check_consecutive, fg_frame, open_run, replica_seed
 from cgflow.sampling.platform import platform_properties
 
 log = logging.getLogger(__name__)
@@ -276,6 +275,16 @@ def _sweep_ends(schedule: np.ndarray, frequency: int) -> list[int]:
     return sorted(set(range(frequency, total, frequency)) | {int(s) for s in schedule})
 
 
+def _chunk_steps(sweep_ends: list[int], checkpoint_interval: int) -> list[int]:
+    """The sweep ends at which a chunk is saved: the first in each checkpoint interval, and the last."""
+    saves, previous = [], 0
+    for end in sweep_ends:
+        if end == sweep_ends[-1] or end // checkpoint_interval > previous // checkpoint_interval:
+            saves.append(end)
+            previous = end
+    return saves
+
+
 def _next_frame(step: int, eq: int, ri: int) -> int:
     """The first step after ``step`` at which a frame is saved (every ``ri`` steps after ``eq``)."""
     return eq + (max(step - eq, 0) // ri + 1) * ri
@@ -326,7 +335,10 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
     simulation, bias = _simulation(system, settings, metad, platform,
                                    replica_seed(campaign.seed, METAD_STREAM + 1, 0), properties)
     context = simulation.context
+    sweeps = _sweep_ends(schedule, metad.frequency)
+    saves = _chunk_steps(sweeps, sampling.checkpoint_interval)
     chunks = [_Chunk.load(p) for p in sorted(workdir.glob("chunk-*.npz"))]
+    check_consecutive(workdir, [c.end_step for c in chunks], saves)
     if chunks:
         last = chunks[-1]
         context.loadCheckpoint(last.checkpoint)
@@ -337,9 +349,8 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
         step = 0
         positions, velocities = _fresh_walkers(system, simulation, n_walkers, sampling.temperature, campaign.seed)
     grid_shape = (metad.grid,) * n_cvs
-    ci = sampling.checkpoint_interval
     recorder, t0, chunk_start = _Recorder(system, grid_shape), time.perf_counter(), step
-    for end in [e for e in _sweep_ends(schedule, metad.frequency) if e > step]:
+    for end in [e for e in sweeps if e > step]:
         for w in range(n_walkers):
             context.setPositions(positions[w])
             context.setVelocities(velocities[w])
@@ -356,7 +367,7 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
         if step in schedule:
             recorder.snapshots["step"].append(step)
             recorder.snapshots["F"].append(bias.free_energy())
-        if step == total or step // ci > chunk_start // ci:
+        if step in saves:
             frames, snaps = recorder.arrays(positions.shape[1])
             chunk = _Chunk(step, frames, _hill_arrays(bias.hills, n_cvs), snaps, positions, velocities,
                            bias.arrays(), context.createCheckpoint(), time.perf_counter() - t0)
@@ -448,7 +459,7 @@ def run_metadynamics(campaign, out_dir: Path) -> Path:
         "versions": package_versions(),
     }
     write_parquet(table, out_dir / "samples.parquet", provenance)
-    shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    remove_tree(out_dir / ".work")
     log.info("wrote %s: %d frames, %d Gaussians of %d walkers on %s", out_dir / "samples.parquet", len(table),
              len(snapshots["hills_height"]), campaign.sampling.walkers, platform)
     return out_dir / "samples.parquet"

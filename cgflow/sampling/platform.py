@@ -50,8 +50,9 @@ def pin_to_free_core() -> int | None:
     return core
 
 
-LOCAL_RANK_VARIABLES = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
-"""Where launchers put a process's rank among those on its node (srun, Open MPI, MPICH/Hydra)."""
+LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID")
+"""Where launchers put a process's rank among those on its node (Open MPI, MPICH/Hydra, srun).
+srun's comes last: ranks that mpiexec starts inside a SLURM job inherit the job step's."""
 
 
 def local_rank(environ=os.environ) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import package_versions, write_parquet
+from cgflow.io import package_versions, remove_tree, write_parquet
 from cgflow.sampling.engine import (MDSettings, Progress, ReplicaFrames, make_context, open_run, replica_seed, replicas,
                                     run_replica)
 from cgflow.sampling.platform import platform_properties
@@ -50,8 +50,10 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
     walkers = walker_block(sampling.walkers, size, rank)
     workdir = Path(out_dir) / ".work" / f"rank-{rank:03d}-of-{size:03d}"
     record_forces = campaign.records_forces
+    applied = hills.base if hills is not None else bias  # a hills round's zero grid too: H lives on its grid
     job = {"config": campaign.stage_hash("sampling"), "round": round_index, "walkers": walkers,
-           "steps": settings.steps, "bias": _digest(bias.values if bias is not None else None),
+           "steps": settings.steps,
+           "bias": None if applied is None else _digest(applied.values, applied.lower, applied.upper, applied.periodic),
            "starts": _digest(starts), "forces": record_forces,
            "hills": hills.settings.as_dict() if hills is not None else None}
     if hills is not None:
@@ -68,7 +70,8 @@ def sample_round(campaign, round_index: int, out_dir: Path, rank: int = 0, size:
                             bias, start_of(groups[0]) if groups else None)
 
     platform, properties = open_run(workdir, job, sampling, trial)
-    log.info("rank %d of %d: walkers %d-%d on %s %s", rank, size, walkers[0], walkers[-1], platform, properties)
+    log.info("rank %d of %d: walkers %s on %s %s", rank, size,
+             f"{walkers[0]}-{walkers[-1]}" if walkers else "none (more ranks than walkers)", platform, properties)
     progress = Progress(len(walkers) * (settings.steps + settings.equilibration))
     seeds = [replica_seed(campaign.seed, round_index, group[0]) for group in groups]
     if hills is not None:
@@ -92,10 +95,14 @@ def zero_bias(campaign):
     return BiasGrid.zeros(campaign.system.cv_names, lower, upper, periodic, campaign.guidance.bias_grid)
 
 
-def _digest(array) -> str | None:
+def _digest(array, *also) -> str | None:
+    """A short hash of ``array`` (its shape included) and of the plain values ``also``; None for None."""
     import hashlib
 
-    return None if array is None else hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+    if array is None:
+        return None
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(repr((array.shape, *also)).encode() + array.tobytes()).hexdigest()[:16]
 
 
 def frames_table(frames: list[ReplicaFrames], cv_names, timestep: float, toy: bool):
@@ -159,20 +166,21 @@ def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None
     is on (see cgflow.sampling.hills) and writes them to hills.npz."""
     from cgflow.guidance.bias import BiasGrid
     from cgflow.sampling.hills import FILE as HILLS_FILE, HillSettings, Hills
-    from cgflow.sampling.mpi import world
+    from cgflow.sampling.mpi import aborting_all_on_error, world
 
     comm, rank, size = world()
     t0 = time.perf_counter()
-    bias = BiasGrid.load(bias_path) if bias_path else None
-    settings = HillSettings.from_campaign(campaign) if hills else None
-    layer = Hills(bias if bias is not None else zero_bias(campaign), settings) if settings else None
-    starts = None
-    if starts_path:
-        with np.load(starts_path) as data:
-            starts = data["positions"]
-    frames, platform = sample_round(campaign, round_index, out_dir, rank, size, bias, starts, steps, layer, comm)
+    with aborting_all_on_error(comm):
+        bias = BiasGrid.load(bias_path) if bias_path else None
+        settings = HillSettings.from_campaign(campaign) if hills else None
+        layer = Hills(bias if bias is not None else zero_bias(campaign), settings) if settings else None
+        starts = None
+        if starts_path:
+            with np.load(starts_path) as data:
+                starts = data["positions"]
+        frames, platform = sample_round(campaign, round_index, out_dir, rank, size, bias, starts, steps, layer, comm)
+        gathered = comm.gather((frames, platform), root=0) if comm is not None else None
     if comm is not None:
-        gathered = comm.gather((frames, platform), root=0)
         if rank != 0:
             return out_dir / "samples.parquet"
         frames = [f for part, _ in gathered for f in part]
@@ -200,7 +208,7 @@ def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None
     if layer is not None:
         layer.save(out_dir / HILLS_FILE, campaign.sampling.equilibration)
     write_parquet(table, out_dir / "samples.parquet", provenance)
-    shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    remove_tree(out_dir / ".work")
     log.info("wrote %s: %d frames of %d walkers on %s", out_dir / "samples.parquet", len(table),
              campaign.sampling.walkers, platform)
     return out_dir / "samples.parquet"

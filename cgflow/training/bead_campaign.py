@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -277,6 +276,8 @@ def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None 
     the rounds' (samples, forces, weights) files when given (``cg.fg_data: rounds``), else from the
     stage's own unbiased FG run, whose work folder goes once the data are written (also when a
     killed own run left it and the config has since switched to the rounds)."""
+    from cgflow.io import remove_tree
+
     workdir = out.parent / ".work-fg"
     if rounds is not None:
         from cgflow.analysis.reweight import kish
@@ -288,7 +289,7 @@ def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None 
         data = own_fg_run(campaign, workdir)
         log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
     save_npz(out, data)
-    shutil.rmtree(workdir, ignore_errors=True)
+    remove_tree(workdir)
 
 
 def own_fg_run(campaign, workdir: Path) -> dict:

@@ -92,12 +92,30 @@ def test_sample_rule_launches_under_mpi_resources(tmp_path, cli_env):
     assert "mpiexec" not in plain.stdout and "cgflow sample" in plain.stdout
 
 
+def test_a_failing_rank_ends_every_rank(tmp_path):
+    """Rank 1 fails while rank 0 waits in a collective: without MPI_Abort rank 0 would wait
+    until the job's wall time."""
+    script = tmp_path / "fail.py"
+    script.write_text("from cgflow.sampling.mpi import aborting_all_on_error, world\n"
+                      "comm, rank, size = world()\n"
+                      "with aborting_all_on_error(comm):\n"
+                      "    if rank == 1:\n"
+                      "        raise RuntimeError('rank 1 fails')\n"
+                      "    comm.barrier()\n")
+    env = {"PATH": f"{BIN}:{__import__('os').environ.get('PATH', '')}", "HOME": str(tmp_path)}
+    done = subprocess.run(["mpiexec", "-n", "2", str(BIN / "python"), str(script)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode != 0 and "rank 1 fails" in done.stderr
+
+
 def test_each_rank_takes_a_gpu_by_local_rank_and_cpu_threads_follow_pinning():
     from cgflow.sampling.platform import cpu_threads, gpu_device, local_rank, platform_properties
 
     assert local_rank({}) == 0
     assert local_rank({"SLURM_LOCALID": "3"}) == 3 and local_rank({"OMPI_COMM_WORLD_LOCAL_RANK": "2"}) == 2
     assert local_rank({"MPI_LOCALRANKID": "1"}) == 1
+    # mpiexec inside a SLURM job: its ranks inherit the job step's SLURM_LOCALID
+    assert local_rank({"SLURM_LOCALID": "0", "MPI_LOCALRANKID": "1"}) == 1
     four = {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
     assert [gpu_device({**four, "SLURM_LOCALID": str(r)}) for r in range(6)] == [0, 1, 2, 3, 0, 1]
     assert gpu_device({"CUDA_VISIBLE_DEVICES": "5", "SLURM_LOCALID": "3"}) == 0  # one GPU given: index 0
@@ -108,7 +126,8 @@ def test_each_rank_takes_a_gpu_by_local_rank_and_cpu_threads_follow_pinning():
 
 def test_hills_are_shared_across_ranks(tmp_path):
     """Alanine dipeptide (one Context per walker, seeded per walker) with the hills layer: two
-    ranks give the serial run bit for bit only if every rank deposits every walker's hills."""
+    ranks give the serial run bit for bit only if every rank deposits every walker's hills; so
+    do three, one of them without a walker."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(load_config({
         "campaign": "mpi-hills", "seed": 2, "system": {"type": "alanine_dipeptide"},
@@ -116,14 +135,16 @@ def test_hills_are_shared_across_ranks(tmp_path):
         "guidance": {"hills": {"height": 5.0, "interval": 750}}}).resolved))
     env = {"PATH": f"{BIN}:{__import__('os').environ.get('PATH', '')}", "HOME": str(tmp_path)}
     out = {}
-    for name, launch in (("two-ranks", ["mpiexec", "-n", "2"]), ("serial", [])):
+    for name, launch in (("two-ranks", ["mpiexec", "-n", "2"]), ("three-ranks", ["mpiexec", "-n", "3"]),
+                         ("serial", [])):
         cmd = [*launch, str(BIN / "cgflow"), "sample", "--config", str(config), "--round", "0",
                "--out-dir", str(tmp_path / name)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         out[name] = pd.read_parquet(tmp_path / name / "samples.parquet")
     assert read_provenance(tmp_path / "two-ranks" / "samples.parquet")["ranks"] == 2
     pd.testing.assert_frame_equal(out["two-ranks"], out["serial"])
+    pd.testing.assert_frame_equal(out["three-ranks"], out["serial"])
     with np.load(tmp_path / "two-ranks" / "hills.npz") as a, np.load(tmp_path / "serial" / "hills.npz") as s:
         assert len(a["hills"]) == 4 and a["hills"][-1].max() > 5.0  # both walkers' hills, 3 depositions
         np.testing.assert_array_equal(a["hills"], s["hills"])

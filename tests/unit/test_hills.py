@@ -100,6 +100,92 @@ def test_a_round_with_hills_rolled_back_after_a_kill_gives_the_uninterrupted_out
     assert whole.values.max() > 10.0
 
 
+class _OtherRank:
+    """The collectives of a run whose other rank has checkpointed up to step ``at``."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def allreduce(self, value, op=None):
+        return min(value, self.at)
+
+    def allgather(self, value):
+        return [value]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_rank_rolled_back_to_another_ranks_checkpoint_keeps_no_later_hills(campaign, tmp_path, monkeypatch):
+    """Killed after its hills checkpoint at 3000 while the other rank was at 2000, this rank
+    rolls back to 2000 and is killed again before its new chunk at 3000; the other rank has
+    meanwhile reached 3000. A hills file at 3000 left from the first run would now be the
+    common checkpoint, with no replica chunk to match: the run must finish as an uninterrupted one."""
+    from cgflow.sampling import engine, hills
+    from cgflow.sampling.round import sample_round, zero_bias
+
+    c = campaign(system={"type": "toy", "potential": "double_well_2d"}, sampling={**HILLS_RUN, "walkers": 4},
+                 guidance={"hills": {"height": 2.0, "interval": 600}})
+    layer = lambda: Hills(zero_bias(c), HillSettings.from_campaign(c))  # noqa: E731
+    whole, _ = sample_round(c, 0, tmp_path / "whole", hills=layer(), comm=_OtherRank(10**9))
+
+    save, save_chunk = hills.Hills.save, engine.Replica.save_chunk
+
+    def save_then_die_at_3000(self, path, equilibration):
+        save(self, path, equilibration)
+        if path.name == "hills-0000003000.npz":
+            raise _Killed
+
+    def die_before_chunk_3000(self):
+        if self.step == 3000:
+            raise _Killed
+        return save_chunk(self)
+
+    monkeypatch.setattr(hills.Hills, "save", save_then_die_at_3000)
+    with pytest.raises(_Killed):
+        sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(10**9))
+    monkeypatch.setattr(hills.Hills, "save", save)
+    monkeypatch.setattr(engine.Replica, "save_chunk", die_before_chunk_3000)
+    with pytest.raises(_Killed):
+        sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(2000))
+    monkeypatch.undo()
+    resumed, _ = sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(3000))
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.bias, b.bias)
+
+
+def test_a_hills_round_killed_then_run_on_another_bias_grid_starts_afresh(campaign, tmp_path, monkeypatch):
+    """Round 0's hills live on a zero grid of guidance.bias_grid points, which the sampling
+    settings do not hold: the work folder of a run on another grid must not be resumed."""
+    from cgflow.sampling import engine
+    from cgflow.sampling.round import sample_round, zero_bias
+
+    def config(points):
+        return campaign(system={"type": "toy", "potential": "double_well_2d"}, sampling={**HILLS_RUN, "walkers": 2},
+                        guidance={"hills": {"height": 2.0, "interval": 600}, "bias_grid": points})
+
+    def layer(c):
+        return Hills(zero_bias(c), HillSettings.from_campaign(c))
+
+    save_chunk = engine.Replica.save_chunk
+
+    def die_before_chunk_3000(self):
+        if self.step == 3000:
+            raise _Killed
+        return save_chunk(self)
+
+    monkeypatch.setattr(engine.Replica, "save_chunk", die_before_chunk_3000)
+    with pytest.raises(_Killed):
+        sample_round(config(101), 0, tmp_path, hills=layer(config(101)))
+    monkeypatch.undo()
+    fresh, _ = sample_round(config(61), 0, tmp_path / "fresh", hills=layer(config(61)))
+    resumed, _ = sample_round(config(61), 0, tmp_path, hills=layer(config(61)))
+    for a, b in zip(fresh, resumed):
+        np.testing.assert_array_equal(a.positions, b.positions)
+
+
 def test_hills_need_a_tram_transition_per_interval(campaign):
     # frames every 100 steps, TRAM's lag 1 ps = 500 steps
     with pytest.raises(ConfigError, match="guidance.hills.interval: 599 steps"):

@@ -5,6 +5,7 @@ rounds give convergence curves (FES RMSE vs FG steps) on one budget axis."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -130,6 +131,12 @@ def test_killed_metadynamics_resumes_to_the_uninterrupted_output(tmp_path):
     n_done = kill_after_chunks([sys.executable, "-c", code], work, 2)
     assert 2 <= n_done < 10, "the job must be killed mid-run for this test to mean anything"
     assert not (tmp_path / "killed" / "samples.parquet").exists()
+
+    damaged = tmp_path / "damaged"  # the first chunk gone: its frames and Gaussians would be missing
+    shutil.copytree(tmp_path / "killed", damaged)
+    sorted((damaged / ".work").glob("chunk-*.npz"))[0].unlink()
+    with pytest.raises(RuntimeError, match="damaged"):
+        run_metadynamics(c, damaged)
 
     args = SimpleNamespace(config=str(config), method="metadynamics", out_dir=str(tmp_path / "killed"))
     cli_peer(args)

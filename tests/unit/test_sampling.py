@@ -3,6 +3,7 @@ killed job resumes from its checkpoints to the very output an uninterrupted run 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,12 @@ def test_killed_job_resumes_to_the_uninterrupted_output(campaign, tmp_path, cli_
     n_done = kill_after_chunks(cmd, tmp_path / "killed" / ".work", 3, cli_env)
     assert 3 <= n_done < 20, "the job must be killed mid-run for this test to mean anything"
     assert not (tmp_path / "killed" / "samples.parquet").exists()
+
+    damaged = tmp_path / "damaged"  # a chunk gone from the middle: its frames would be missing
+    shutil.copytree(tmp_path / "killed", damaged)
+    next((damaged / ".work").rglob("chunk-0000015000.npz")).unlink()
+    with pytest.raises(RuntimeError, match="damaged"):
+        run(c, 0, damaged)
 
     log = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, check=True).stderr
     assert "resuming from step" in log
