@@ -130,24 +130,34 @@ def plot_cv_histogram(samples, cv_names, path: str | os.PathLike, bins: int = 60
 def plot_walker_traces(samples, cv_names, path: str | os.PathLike, max_walkers: int = 16) -> None:
     """CV against time, one line per walker (at most ``max_walkers``, evenly chosen), one panel per CV.
 
-    ``samples`` has columns ``walker``, ``time_ps`` and the CVs.
+    ``samples`` has columns ``walker``, ``time_ps``, the CVs and, for a campaign's rounds,
+    ``round``: each round's time restarts at zero and its walkers start afresh, so the rounds
+    are drawn one after another, split by dashed lines.
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     cv_names = list(cv_names)
+    if "round" not in samples:
+        samples = samples.assign(round=0)
     walkers = np.unique(samples["walker"])
     shown = walkers[np.unique(np.linspace(0, walkers.size - 1, min(max_walkers, walkers.size)).round().astype(int))]
+    round_end = samples.groupby("round")["time_ps"].max()
+    offset = round_end.cumsum().shift(fill_value=0.0)
     fig = Figure(figsize=(8.0, 2.6 * len(cv_names) + 0.8), layout="constrained")
     axes = fig.subplots(len(cv_names), 1, sharex=True, squeeze=False)[:, 0]
     colours = colormaps["tab20"]
-    for k, (walker, trace) in enumerate(samples[samples["walker"].isin(shown)].groupby("walker")):
+    for (rnd, walker), trace in samples[samples["walker"].isin(shown)].groupby(["round", "walker"]):
         trace = trace.sort_values("time_ps")
+        k = int(np.searchsorted(shown, walker))
         for ax, cv in zip(axes, cv_names):
-            ax.plot(trace["time_ps"], trace[cv], color=colours(k % 20), linewidth=0.8, label=f"walker {walker}")
+            ax.plot(trace["time_ps"] + offset[rnd], trace[cv], color=colours(k % 20), linewidth=0.8,
+                    label=f"walker {walker}" if rnd == offset.index[0] else None)
     for ax, cv in zip(axes, cv_names):
         ax.set_ylabel(cv)
-    axes[-1].set_xlabel("time (ps)")
+        for boundary in offset.iloc[1:]:
+            ax.axvline(boundary, color="0.5", linestyle="--", linewidth=0.6)
+    axes[-1].set_xlabel("time (ps)" if len(offset) == 1 else f"time (ps), rounds 0-{offset.index[-1]} one after another")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     fig.suptitle(f"Walker traces ({shown.size} of {walkers.size} walkers)")
     _save(fig, path)

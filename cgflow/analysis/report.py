@@ -85,8 +85,10 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     fes, share = per_round[-1], shares[-1]
     frame = fes_frame(fes, names, ref)
     # beyond the frames, the CG model's F is the network's extrapolation, which would read as data
-    # (a short hills campaign's model put a flat basin, 3 kT up, past the last visited bin)
-    F_cg = np.where(np.isfinite(fes.F), cg_fes(campaign, model), np.nan)
+    # in fes.csv (a short hills campaign's model put a flat basin, 3 kT up, past the last visited
+    # bin); it is scored whole, so that the mass it puts where no frame fell counts
+    F_model = cg_fes(campaign, model)
+    F_cg = np.where(np.isfinite(fes.F), F_model, np.nan)
     F_cg -= np.nanmin(F_cg)
     frame.insert(frame.columns.get_loc("F_err_kJmol") + 1, "F_cg_kJmol", F_cg.ravel())
     frame.insert(frame.columns.get_loc("F_cg_kJmol") + 1, "connected_share", share.ravel())
@@ -125,7 +127,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     }
     if ref is not None:
         cmp = compare_to_reference(fes, ref, kT, cutoff)
-        cg = compare_to_reference(_as_fes(fes, F_cg), ref, kT, cutoff)
+        cg = compare_to_reference(_as_fes(fes, F_model), ref, kT, cutoff)
         result.update(rmse_vs_reference_kT=cmp["rmse_kT"], reference_coverage=cmp["coverage"],
                       reference_bins_below_cutoff=cmp["n_bins"], rmse_cutoff_kT=cutoff,
                       cg_rmse_vs_reference_kT=cg["rmse_kT"], cg_outside_mass=cg["outside_mass"])

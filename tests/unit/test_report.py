@@ -43,3 +43,27 @@ def test_rounds_that_could_not_equilibrate_are_flagged(name, caplog):
 
 def test_a_campaign_without_guided_rounds_is_not_flagged():
     assert not warn_if_unconverged([{"round": 0}], "summary.json")
+
+
+def test_walker_traces_draw_the_rounds_one_after_another(tmp_path, monkeypatch):
+    """Each round's clock restarts at zero and its walkers start afresh: walker 0 of round 1
+    must be drawn after round 0, not over it, joined to nothing."""
+    import numpy as np
+    import pandas as pd
+
+    from cgflow.analysis import plots
+
+    time_ps = np.arange(1, 11) * 0.2
+    samples = pd.concat([pd.DataFrame({"round": r, "walker": w, "time_ps": time_ps, "x": r + 0.1 * w})
+                         for r in (0, 1, 2) for w in (0, 1)])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    plots.plot_walker_traces(samples, ["x"], tmp_path / "traces.png")
+    lines = figures[0].axes[0].get_lines()
+    traces = [line for line in lines if len(line.get_xdata()) == len(time_ps)]
+    assert len(traces) == 6  # one line per round and walker
+    for line in traces:
+        x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        r = int(round(y[0]))  # this synthetic trace's CV holds its round
+        assert x.min() > r * time_ps[-1] and x.max() == pytest.approx((r + 1) * time_ps[-1])
+    assert len(lines) - len(traces) == 2  # the two round boundaries
