@@ -17,7 +17,7 @@ min_version("9.0")
 # overrides single keys of whichever config is in use.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

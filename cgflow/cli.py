@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per walker (default: sampling.steps)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("reweight", help="MBAR weights of all frames of rounds 0..k (one state per round's bias)")
+    p = sub.add_parser("reweight", help="unbiased weights of all frames of rounds 0..k (guidance.estimator: TRAM or MBAR; "
+                                          "one state per round's bias)")
     p.add_argument("--config", required=True)
     p.add_argument("--samples", nargs="+", required=True, help="samples.parquet of rounds 0..k, in order")
     p.add_argument("--biases", nargs="+", required=True, help="the bias.npz each round sampled, or none")

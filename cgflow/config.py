@@ -137,7 +137,19 @@ def _validate_schema(config: dict) -> None:
             # no single branch fits the value's type: say what the key expects as a whole
             raise ConfigError(f"{_where(top.absolute_path)}: {_short(top.instance)} is not allowed; "
                               f"expected {_describe_of(sch, top.absolute_path)}")
+        if err is not top and err.validator == "enum":  # e.g. seed_cells: many -> auto, or an integer
+            allowed = [", ".join(map(str, b["enum"])) if "enum" in b else _type_words(b) for b in top.validator_value]
+            raise ConfigError(f"{_where(top.absolute_path)}: {_short(top.instance)} is not allowed; "
+                              f"allowed: {' or '.join(allowed)}")
         raise ConfigError(_format(err))
+
+
+def _type_words(branch: dict) -> str:
+    """'an integer >= 1 and <= 64' from a schema branch."""
+    kind = branch.get("type", "value")
+    bounds = [f"{op} {branch[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                                                 ("exclusiveMaximum", "<")) if k in branch]
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" + (f" {' and '.join(bounds)}" if bounds else "")
 
 
 def _fitting_branches(err) -> list[list]:
@@ -431,8 +443,6 @@ class Campaign:
         c = self.resolved.get("cg")
         if c is None:
             return None
-        if self.system.type != "alanine_dipeptide":
-            raise ConfigError(f"cg: the bead CG stage needs system.type alanine_dipeptide, not {self.system.type!r}.")
         c = dict(c)
         for key in ("objectives", "prior", "hidden"):
             c[key] = tuple(c[key])
@@ -581,6 +591,17 @@ def _check_box(s: dict) -> None:
         where = ", ".join(f"{c}={v:.3g}" for c, v in point.items())
         raise ConfigError(f"system.box: {_short(s['box'])} does not contain the energy minimum "
                           f"(the lowest point is on its edge at {where}); widen the box")
+    if "start" in s:
+        for c, value in s["start"].items():
+            lo, hi = s["box"].get(c, (-np.inf, np.inf))
+            if not lo <= value <= hi:
+                raise ConfigError(f"system.start.{c}: {value} nm is outside system.box.{c} {[lo, hi]}; "
+                                  "start the walkers inside the box")
+        with np.errstate(all="ignore"):
+            energy = toy.energies(np.array([[s["start"].get(c, 0.0) for c in "xyz"]]))[0]
+        if not np.isfinite(energy):
+            raise ConfigError(f"system.start: {_short(s['start'])} is where the energy is not finite ({energy}); "
+                              "start the walkers where it is")
 
 
 def _check_molecule(s: dict) -> None:
@@ -648,6 +669,9 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
                           "campaign and system")
     config = copy.deepcopy(raw)
     sch = schema()
+    for key, value in config.items():  # a section whose keys are all commented out: its defaults
+        if value is None and sch["properties"].get(key, {}).get("type") == "object":
+            config[key] = {}
     _coerce_strings(config, sch, sch)
     _fill_defaults(config, sch)
     _validate_schema(config)
@@ -668,6 +692,15 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
         if not path.is_file():
             raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: exact (toys), none, metadynamics_long, "
                               f"or the path of an existing fes.csv file (no file at {str(path.absolute())!r})")
+        _check_reference_file(path, [name for name, _ in _cv_items(s["cv"])])
+    if ref == "none" and config["analysis"]["peers"]:
+        raise ConfigError(f"analysis.peers: {config['analysis']['peers']} needs a reference to score the methods "
+                          "against; set analysis.reference (metadynamics_long or a fes.csv) or peers: []")
+    if "cg" in config and s["type"] != "alanine_dipeptide":
+        raise ConfigError(f"cg: the bead CG stage needs system.type alanine_dipeptide, not {s['type']!r}")
+    if "cg" in config and config["cg"]["fg_data"] == "own" and config["cg"]["fg_steps"] < config["cg"]["fg_stride"]:
+        raise ConfigError(f"cg.fg_stride: {config['cg']['fg_stride']} is not allowed; it must be <= cg.fg_steps "
+                          f"({config['cg']['fg_steps']}), or the FG run records no frame")
     g = config["guidance"]
     g.setdefault("gamma", 8.0 if s["type"] == "toy" else 6.0)
     # fewer bins per CV as CVs are added, so that the cells stay visited: on two CVs 32 x 32 cells
@@ -683,10 +716,18 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
         if not path.is_file():
             raise ConfigError(f"guidance.initial_bias: {g['initial_bias']!r} is not an existing bias.npz file "
                               f"(no file at {str(path.absolute())!r})")
+        _check_bias_file(path, [name for name, _ in _cv_items(s["cv"])])
         g["initial_bias"] = str(path.absolute())
     hills, smp = g["hills"], config["sampling"]
     frame_ps = smp["report_interval"] * smp["timestep"]
-    lag_steps = max(1, round(g["markov_lag"] / frame_ps)) * smp["report_interval"]
+    lag_frames = max(1, round(g["markov_lag"] / frame_ps))
+    lag_steps = lag_frames * smp["report_interval"]
+    biased = g["rounds"] > 0 or hills["height"] or "initial_bias" in g
+    if biased and g["estimator"] == "tram" and smp["steps"] // smp["report_interval"] <= lag_frames:
+        raise ConfigError(f"guidance.markov_lag: {g['markov_lag']} ps ({lag_frames} frames) is not allowed; TRAM needs "
+                          f"transitions within each walker's round of {smp['steps'] // smp['report_interval']} frames "
+                          "(sampling.steps / report_interval): lower markov_lag, raise sampling.steps or use "
+                          "guidance.estimator: mbar")
     if hills["height"] and g["estimator"] == "tram" and hills["interval"] < lag_steps + smp["report_interval"]:
         raise ConfigError(f"guidance.hills.interval: {hills['interval']} steps is not allowed with the TRAM estimator; "
                           f"each deposition interval is a thermodynamic state and needs a transition, so it must be "
@@ -701,24 +742,68 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     return config
 
 
+def _check_bias_file(path: Path, cv_names: list[str]) -> None:
+    """A bias.npz as cgflow writes it (:class:`cgflow.guidance.bias.BiasGrid`), on these CVs."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names, shape = [str(n) for n in data["names"]], data["values"].shape
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"guidance.initial_bias: {str(path)!r} is not a cgflow bias.npz (names, values, ...): "
+                          f"{' '.join(str(exc).split())}") from None
+    if names != list(cv_names) or len(shape) != len(cv_names):
+        raise ConfigError(f"guidance.initial_bias: {str(path)!r} is a bias on {names}, not on this system's CVs "
+                          f"{list(cv_names)}")
+
+
+def _check_reference_file(path: Path, cv_names: list[str]) -> None:
+    """A fes.csv with a column per CV and F_kJmol (its grid is checked against the bins by the reference job)."""
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"analysis.reference: {str(path)!r} cannot be read as a fes.csv: {exc}") from None
+    missing = [c for c in [*cv_names, "F_kJmol"] if c not in header]
+    if missing:
+        raise ConfigError(f"analysis.reference: {str(path)!r} has no column {', '.join(missing)}; a reference fes.csv "
+                          f"has one column per CV ({', '.join(cv_names)}) and F_kJmol (columns found: "
+                          f"{', '.join(header[:8]) or 'none'})")
+
+
 def load_config(source: str | Path | dict, base_dir: Path | None = None) -> Campaign:
     """Read (if a path), validate and type a campaign config."""
-    if isinstance(source, (str, Path)):
-        import yaml
-
-        path = Path(source)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} cannot be read as text: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
-    else:
-        raw = source
+    raw = read_config_file(Path(source)) if isinstance(source, (str, Path)) else source
     return Campaign(resolve(raw, base_dir))
+
+
+def read_config_file(path: Path) -> Any:
+    """A config file's YAML (``yaml.safe_load``, but a key given twice in one mapping is an error:
+    YAML would keep the last, silently dropping, e.g., a whole second ``sampling:`` section)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(Path(path).read_text(), Loader=StrictLoader)  # a SafeLoader: no arbitrary objects
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read as text: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
 
 
 def _yaml_problem(exc) -> str:

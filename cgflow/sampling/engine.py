@@ -211,6 +211,10 @@ class Replica:
         n_particles = self.context.getSystem().getNumParticles()
         b = self.buffer
         positions = np.asarray(b["positions"], dtype=float).reshape(-1, n_particles, 3)
+        if not (np.isfinite(positions).all() and np.isfinite(b["potential"]).all()):
+            raise RuntimeError(f"walkers {self.walkers[0]}-{self.walkers[-1]}: positions or energies are not finite "
+                               f"by step {self.step}: the MD blew up (a timestep too long for this system, or walkers "
+                               "started where the force is not finite); nothing of it was saved")
         cv = b["cv"] if self.system.shares_context else self.system.cv_values(positions)
         with atomic_path(self.folder / f"chunk-{self.step:010d}.npz") as tmp:
             with open(tmp, "wb") as fh:

@@ -130,6 +130,20 @@ BAD = {
     "bad platform": (cfg(sampling__platform="GPU"), "sampling.platform", "'GPU' is not allowed",
                      "auto, CPU, CUDA, OpenCL, Reference"),
     "rmse cutoff 0": (cfg(analysis__rmse_cutoff_kT=0), "analysis.rmse_cutoff_kT", "0 is not allowed", "> 0"),
+    "start outside the box": (cfg(system__start={"x": 5.0}), "system.start.x", "5.0 nm is outside system.box.x",
+                              "start the walkers inside the box"),
+    "start where the energy is not finite": (energy("x^2 + 1/(x-0.5)^2", start={"x": 0.5}), "system.start",
+                                             '{"x": 0.5} is where the energy is not finite', "start the walkers where"),
+    "peers without a reference": (cfg(ALA, analysis__peers=["unbiased"]), "analysis.peers", "['unbiased'] needs a reference",
+                                  "metadynamics_long or a fes.csv"),
+    "cg stage on a toy": ({**TOY, "cg": {}}, "cg", "not 'toy'", "needs system.type alanine_dipeptide"),
+    "cg FG run shorter than its stride": (cfg(ALA, cg={"fg_steps": 1000, "fg_stride": 5000}), "cg.fg_stride",
+                                          "5000 is not allowed", "<= cg.fg_steps (1000)"),
+    "TRAM lag as long as a round": (cfg(sampling__steps=200, sampling__report_interval=100, guidance__rounds=3,
+                                        guidance__markov_lag=1.0), "guidance.markov_lag", "1.0 ps (5 frames)",
+                                    "guidance.estimator: mbar"),
+    "seed_cells neither auto nor a number": (cfg(guidance__seed_cells="many"), "guidance.seed_cells",
+                                             "'many' is not allowed", "auto or an integer >= 1 and <= 64"),
 }
 
 
@@ -154,8 +168,10 @@ def test_a_valid_reference_path_is_accepted(tmp_path):
 @pytest.mark.parametrize(
     "text, fragment",
     [("campaign: [t\n", "is not valid YAML: line 2, column 1"), ("a: b: c\n", "line 1, column 5: mapping values"),
-     ("", "the config is empty"), ("- 1\n", "the config is a list")],
-    ids=["unclosed list", "nested colon", "empty file", "a list"],
+     ("", "the config is empty"), ("- 1\n", "the config is a list"),
+     ("campaign: t\nsampling: {walkers: 4}\nsampling: {steps: 900}\n",
+      "line 3, column 1: key 'sampling' is given twice (first on line 2)")],
+    ids=["unclosed list", "nested colon", "empty file", "a list", "a section twice"],
 )
 def test_bad_yaml_file(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
@@ -164,6 +180,26 @@ def test_bad_yaml_file(tmp_path, text, fragment):
         load_config(path)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_an_initial_bias_or_reference_file_is_checked_for_its_cvs(tmp_path):
+    from cgflow.guidance.bias import BiasGrid
+
+    phi_psi = tmp_path / "ala.npz"
+    BiasGrid.zeros(("phi", "psi"), (-3.1416, -3.1416), (3.1416, 3.1416), (True, True), 11).save(phi_psi)
+    with pytest.raises(ConfigError, match=r"^guidance.initial_bias: .* a bias on \['phi', 'psi'\], not on .*\['x'\]"):
+        load_config(cfg(guidance__initial_bias=str(phi_psi)))
+    assert load_config(cfg(ALA, guidance__initial_bias=str(phi_psi))).guidance.initial_bias == str(phi_psi)
+    (tmp_path / "notes.txt").write_text("not a bias")
+    with pytest.raises(ConfigError, match=r"^guidance.initial_bias: .* is not a cgflow bias.npz"):
+        load_config(cfg(guidance__initial_bias=str(tmp_path / "notes.txt")))
+    (tmp_path / "fes.csv").write_text("x,F\n0,0\n")
+    with pytest.raises(ConfigError, match=r"^analysis.reference: .* has no column F_kJmol; .*columns found: x, F\)"):
+        load_config(cfg(analysis__reference=str(tmp_path / "fes.csv")))
+
+
+def test_a_section_with_every_key_commented_out_takes_its_defaults():
+    assert load_config({**TOY, "guidance": None}).resolved == load_config(TOY).resolved
 
 
 def test_missing_file(tmp_path):

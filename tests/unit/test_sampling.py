@@ -116,6 +116,16 @@ def test_killed_job_resumes_to_the_uninterrupted_output(campaign, tmp_path, cli_
     assert _rmse_vs_exact(c, resumed, cutoff_kT=4.0)["coverage"] == 1.0
 
 
+def test_md_that_blows_up_stops_the_job_and_saves_none_of_it(campaign, tmp_path):
+    """A spring far too stiff for the timestep: positions go to inf/NaN within steps."""
+    stiff = {"type": "toy", "energy": "1e9*x^2", "cv": "x", "box": {"x": [-1, 1]}}
+    c = campaign(system=stiff, sampling={"walkers": 2, "steps": 2000, "report_interval": 100, "platform": "Reference",
+                                         "pin_cpu": False})
+    with pytest.raises(RuntimeError, match="not finite by step 2000: the MD blew up"):
+        run(c, 0, tmp_path)
+    assert not (tmp_path / "samples.parquet").exists() and not list(tmp_path.rglob("chunk-*.npz"))
+
+
 def test_progress_after_a_resume_counts_only_the_steps_this_process_ran(monkeypatch, caplog):
     import logging
 

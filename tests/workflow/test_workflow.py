@@ -81,6 +81,21 @@ def test_tiny_campaign_end_to_end(tmp_path, cli_env):
     assert "fes" in planned and "sample" not in planned, dry.stdout
 
 
+def test_the_default_campaign_is_planned_from_any_directory(tmp_path, cli_env):
+    out = snakemake("-n", "-d", tmp_path, cwd=tmp_path, env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert "results/mb-demo/round-03/samples.parquet" in out.stdout
+
+
+def test_a_section_given_twice_in_the_config_file_stops_snakemake(tmp_path, cli_env):
+    """YAML keeps the last of a key given twice, and Snakemake reads the file its own way."""
+    config = tmp_path / "twice.yaml"
+    config.write_text(yaml.safe_dump(TINY) + "sampling: {temperature: 250.0}\n")
+    out = snakemake("-n", "--configfile", config, "-d", tmp_path, env=cli_env)
+    assert out.returncode != 0
+    assert "key 'sampling' is given twice" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_bad_config_stops_before_any_job(tmp_path, cli_env):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({**TINY, "sampling": {"temperature": -1}}))

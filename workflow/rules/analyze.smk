@@ -37,7 +37,7 @@ rule convergence:
     conda:
         ENV
     message:
-        "FES error vs FG steps: cgflow's rounds beside {CAMPAIGN.analysis.peers}"
+        "FES error vs FG steps: cgflow's rounds" + (f" beside {', '.join(CAMPAIGN.analysis.peers)}" if CAMPAIGN.analysis.peers else "")
     shell:
         "cgflow convergence --config {input.config} --samples {input.samples} --weights {input.weights} {params.peers} "
         "--reference {input.reference} "
@@ -66,7 +66,7 @@ rule fes:
     conda:
         ENV
     message:
-        f"Free-energy surface (MBAR) over {len(ROUNDS)} round(s), beside the CG model's"
+        f"Free-energy surface ({CAMPAIGN.guidance.estimator.upper()}) over {len(ROUNDS)} round(s), beside the CG model's"
     shell:
         "cgflow fes --config {input.config} --samples {input.samples} --weights {input.weights} "
         "--model {input.model} --train-reports {input.train_reports} {params.guide} {params.reference} "

@@ -4,13 +4,15 @@ import json
 import sys
 from pathlib import Path
 
-from cgflow.config import ConfigError, load_config
+from cgflow.config import ConfigError, load_config, read_config_file
 from cgflow.jobs import run_jobs_in_this_environment
 
 # `.venv/bin/snakemake` works without activating the venv: jobs find its `cgflow` and `mpiexec`
 run_jobs_in_this_environment()
 
 try:
+    for path in workflow.configfiles:  # Snakemake's own reading keeps the last of a key given twice
+        read_config_file(path)
     CAMPAIGN = load_config(config)
 except ConfigError as exc:
     sys.exit(f"cgflow: bad config: {exc}")
