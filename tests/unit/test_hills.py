@@ -117,12 +117,26 @@ class _Killed(Exception):
     pass
 
 
+def _kill_before_chunk(monkeypatch, step: int) -> None:
+    """Every replica dies (raises _Killed) just before it would save its chunk at ``step``."""
+    from cgflow.sampling import engine
+
+    save_chunk = engine.Replica.save_chunk
+
+    def killed(self):
+        if self.step == step:
+            raise _Killed
+        return save_chunk(self)
+
+    monkeypatch.setattr(engine.Replica, "save_chunk", killed)
+
+
 def test_a_rank_rolled_back_to_another_ranks_checkpoint_keeps_no_later_hills(campaign, tmp_path, monkeypatch):
     """Killed after its hills checkpoint at 3000 while the other rank was at 2000, this rank
     rolls back to 2000 and is killed again before its new chunk at 3000; the other rank has
     meanwhile reached 3000. A hills file at 3000 left from the first run would now be the
     common checkpoint, with no replica chunk to match: the run must finish as an uninterrupted one."""
-    from cgflow.sampling import engine, hills
+    from cgflow.sampling import hills
     from cgflow.sampling.round import sample_round, zero_bias
 
     c = campaign(system={"type": "toy", "potential": "double_well_2d"}, sampling={**HILLS_RUN, "walkers": 4},
@@ -130,23 +144,18 @@ def test_a_rank_rolled_back_to_another_ranks_checkpoint_keeps_no_later_hills(cam
     layer = lambda: Hills(zero_bias(c), HillSettings.from_campaign(c))  # noqa: E731
     whole, _ = sample_round(c, 0, tmp_path / "whole", hills=layer(), comm=_OtherRank(10**9))
 
-    save, save_chunk = hills.Hills.save, engine.Replica.save_chunk
+    save = hills.Hills.save
 
     def save_then_die_at_3000(self, path, equilibration):
         save(self, path, equilibration)
         if path.name == "hills-0000003000.npz":
             raise _Killed
 
-    def die_before_chunk_3000(self):
-        if self.step == 3000:
-            raise _Killed
-        return save_chunk(self)
-
     monkeypatch.setattr(hills.Hills, "save", save_then_die_at_3000)
     with pytest.raises(_Killed):
         sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(10**9))
     monkeypatch.setattr(hills.Hills, "save", save)
-    monkeypatch.setattr(engine.Replica, "save_chunk", die_before_chunk_3000)
+    _kill_before_chunk(monkeypatch, 3000)
     with pytest.raises(_Killed):
         sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(2000))
     monkeypatch.undo()
@@ -159,7 +168,6 @@ def test_a_rank_rolled_back_to_another_ranks_checkpoint_keeps_no_later_hills(cam
 def test_a_hills_round_killed_then_run_on_another_bias_grid_starts_afresh(campaign, tmp_path, monkeypatch):
     """Round 0's hills live on a zero grid of guidance.bias_grid points, which the sampling
     settings do not hold: the work folder of a run on another grid must not be resumed."""
-    from cgflow.sampling import engine
     from cgflow.sampling.round import sample_round, zero_bias
 
     def config(points):
@@ -169,14 +177,7 @@ def test_a_hills_round_killed_then_run_on_another_bias_grid_starts_afresh(campai
     def layer(c):
         return Hills(zero_bias(c), HillSettings.from_campaign(c))
 
-    save_chunk = engine.Replica.save_chunk
-
-    def die_before_chunk_3000(self):
-        if self.step == 3000:
-            raise _Killed
-        return save_chunk(self)
-
-    monkeypatch.setattr(engine.Replica, "save_chunk", die_before_chunk_3000)
+    _kill_before_chunk(monkeypatch, 3000)
     with pytest.raises(_Killed):
         sample_round(config(101), 0, tmp_path, hills=layer(config(101)))
     monkeypatch.undo()
