@@ -103,8 +103,10 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     hills_path = Path(sample_paths[-1]).parent / HILLS_FILE
     if campaign.guidance.hills["height"] and hills_path.is_file():
         # where the CG ensemble is not trusted yet, the bias the walkers built with hills in this
-        # round stays: without it a basin found late in a round is a pit again in the next
-        applied = applied + (1 - sigma) * RoundStates.load(hills_path).grids[-1].values.ravel()
+        # round stays: without it a basin found late in a round is a pit again in the next. Read at
+        # this grid's points: the hills grew on the round's own bias, which in round 0 is
+        # guidance.initial_bias, on a grid of its own
+        applied = applied + (1 - sigma) * RoundStates.load(hills_path).grids[-1](points)
     values = applied.reshape(bias.values.shape)
     for axis, p in enumerate(periodic):
         if p:
@@ -164,10 +166,17 @@ def _write_starts(campaign, round_index, df, eps, grid, target, out_starts, roun
     is_latest = (df["round"] == round_index).to_numpy()
     latest = df[is_latest].reset_index(drop=True)
     cv, all_cv = latest[names].to_numpy(), df[names].to_numpy()
-    lower, upper, _ = cv_domain(campaign)
+    lower, upper, periodic = cv_domain(campaign)
     cells = lambda points, n: markov_states(points, lower, upper, n)  # noqa: E731
     counts = np.bincount(cells(all_cv, g.model_grid), minlength=g.model_grid ** len(names))
     scores = frontier_scores(eps[is_latest], counts[cells(cv, g.model_grid)])
+    # a frame past a non-periodic CV's edge scores high (the model extrapolates there, its edge
+    # cell is thin) but is no start: the model and the bias end at the edge
+    outside = np.zeros(len(cv), dtype=bool)
+    for i, (lo, hi, p) in enumerate(zip(lower, upper, periodic)):
+        if not p:
+            outside |= (cv[:, i] < lo) | (cv[:, i] > hi)
+    scores[outside] = -1.0
 
     n_cells = g.seed_cells ** len(names)
     visited = np.bincount(cells(all_cv, g.seed_cells), minlength=n_cells) > 0

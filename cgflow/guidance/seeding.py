@@ -42,21 +42,23 @@ def choose_starts(last_frames: np.ndarray, scores: np.ndarray, cells: np.ndarray
     frontier first). While its cell is below its quota and another is above, a candidate takes
     the walker least at the frontier from the cells above; otherwise it may only take the place
     of a walker in its own cell that is less at the frontier. At most ``fraction`` of the
-    walkers are re-seeded.
+    walkers are re-seeded. A negative score marks a frame that may not be a start (outside the
+    CV domain); a walker whose own last frame is one is the first to be moved.
     """
     frames = np.asarray(last_frames).copy()
     n_walkers = len(frames)
     seeded = np.zeros(n_walkers, dtype=bool)
-    n_seed = int(round(fraction * n_walkers))
+    n_seed = int(fraction * n_walkers + 1e-9)
     if n_seed == 0:
         return frames, seeded
     scores = np.asarray(scores, dtype=float)
     held = np.bincount(cells[frames], minlength=len(quotas))
-    p = scores ** 4 + 1e-12
-    order = np.argsort(np.log(rng.random(len(p))) / p)[::-1]  # weighted sampling without replacement
+    p = np.where(scores < 0, 0.0, np.clip(scores, 0, None) ** 4 + 1e-12)
+    with np.errstate(divide="ignore"):
+        order = np.argsort(np.log(rng.random(len(p))) / p)[::-1]  # weighted sampling without replacement
     tiebreak = rng.random(n_walkers)
     for candidate in order:
-        if seeded.sum() == n_seed:
+        if seeded.sum() == n_seed or scores[candidate] < 0:  # the no-starts come last
             break
         cell = cells[candidate]
         where = cells[frames]

@@ -223,3 +223,29 @@ def test_a_round_with_hills_reweighted_per_interval_gives_the_exact_pmf(campaign
     score = rmse(campaign_weights(c, df, [states]).weights)
     assert score["coverage"] == 1.0
     assert score["rmse_kT"] < 0.25, score
+
+
+def test_a_hills_round_on_an_initial_bias_of_its_own_grid_is_guided_on_the_campaigns_grid(campaign, tmp_path):
+    """Round 0's hills grow on guidance.initial_bias, here on 50 points between bin centres (as
+    a reference's well-tempered bias is written), while the guidance writes guidance.bias_grid
+    points over the box: the hills must be read at those points, not added value by value."""
+    from cgflow.analysis.reweight import write_weights
+    from cgflow.guidance.campaign import guide_round
+    from cgflow.sampling.round import run
+    from cgflow.training.campaign import train_round
+
+    centres = 0.5 * (np.linspace(-2, 2, 51)[1:] + np.linspace(-2, 2, 51)[:-1])
+    initial = BiasGrid(("x",), (centres[0],), (centres[-1],), (False,), np.clip(10 - 4.8 * (centres**2 - 1) ** 2, 0, 10))
+    initial.save(tmp_path / "initial.npz")
+    c = campaign(sampling={"walkers": 8, "steps": 4000, "report_interval": 50, "platform": "Reference",
+                           "pin_cpu": False},
+                 guidance={"rounds": 1, "initial_bias": str(tmp_path / "initial.npz"), "estimator": "mbar",
+                           "hills": {"height": 1.0, "interval": 500}, "min_frames": 5, "train_steps": 50})
+    r0 = tmp_path / "round-00"
+    samples = run(c, 0, r0, bias_path=tmp_path / "initial.npz", hills=True)
+    write_weights(c, [samples], [tmp_path / "initial.npz"], r0 / "weights.parquet")
+    train_round(c, 0, [samples], r0 / "weights.parquet", r0 / "cg.pt", r0 / "train.json")
+    guide_round(c, 0, r0 / "cg.pt", [samples], r0 / "weights.parquet", r0 / "bias.npz", r0 / "starts.npz",
+                r0 / "guide.json")
+    bias = BiasGrid.load(r0 / "bias.npz")
+    assert bias.values.shape == (c.guidance.bias_grid,) and np.isfinite(bias.values).all()

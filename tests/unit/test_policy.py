@@ -208,6 +208,25 @@ def test_starts_reseed_the_frontier_and_keep_the_rest():
     assert frontier_scores(np.array([0.0, 2.0]), np.array([100, 0])).tolist() == [0.0, 1.0]
 
 
+def test_no_walker_starts_outside_the_cv_domain_and_one_outside_moves_first():
+    """Frames past a non-periodic CV's edge score -1: never a start, however high their frontier
+    score would be; a walker that ended there is the first to be moved back in."""
+    last = np.arange(8) * 10 + 9
+    scores = np.full(80, 0.1)
+    scores[[3, 33]] = -1.0  # outside the box
+    scores[[55, 71]] = 1.0  # the frontier inside it
+    scores[last[5]] = -1.0  # walker 5 ended outside
+    cells = np.zeros(80, dtype=int)
+    for seed in range(20):
+        frames, seeded = choose_starts(last, scores, cells, np.array([8]), 0.5, np.random.default_rng(seed))
+        assert not np.isin(frames[seeded], [3, 33]).any() and seeded[5]
+        assert set(frames[seeded]) == {55, 71}
+    # at most the fraction, rounded down: 6 walkers at 0.25 re-seed 1, not 2
+    frames, seeded = choose_starts(np.arange(6), np.repeat([0.0, 1.0], 6), np.zeros(12, dtype=int), np.array([12]),
+                                   0.25, np.random.default_rng(0))
+    assert seeded.sum() == 1
+
+
 def test_starts_do_not_herd_walkers_into_a_new_basin():
     """The herding that once emptied the basin left behind: a basin just entered is the
     frontier, but restarts fill it only up to its share of the target, and never take the
