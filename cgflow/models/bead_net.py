@@ -69,8 +69,9 @@ class SchNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[-2]
-        d = torch.linalg.norm(x[..., :, None, :] - x[..., None, :, :] + torch.eye(n, dtype=x.dtype)[..., None], dim=-1)
-        cut = 0.5 * (torch.cos(math.pi * torch.clamp(d / self.r_max, max=1.0)) + 1) * (1 - torch.eye(n, dtype=x.dtype))
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        d = torch.linalg.norm(x[..., :, None, :] - x[..., None, :, :] + eye[..., None], dim=-1)
+        cut = 0.5 * (torch.cos(math.pi * torch.clamp(d / self.r_max, max=1.0)) + 1) * (1 - eye)
         e = rbf(d, self.n_rbf, self.r_max)
         h = self.embed(self.types).expand(*x.shape[:-2], n, -1)
         for filt, upd in zip(self.filters, self.updates):

@@ -4,7 +4,9 @@ Functions here are what ``cgflow cg-sample`` and ``cgflow cg-train`` (and the be
 each reads and writes plain files under ``results/<campaign>/cg/``. The FG data are the
 mapped bead positions and mapped *unbiased* forces of alanine dipeptide's 10 heavy atoms
 (``fg_mapped.npz``), from the stage's own unbiased run or from the biased sampling rounds with
-each frame's unbiased weight (``weights``), which every FG average here then uses; CG MD runs
+each frame's unbiased weight (``weights``), which every FG average here then uses (the prior,
+RE's FG term, DiffTRe's target, the replica starts, the FG FES; force matching's loss takes the
+frames as they are, see :mod:`cgflow.training.force_matching`); CG MD runs
 in torch (:mod:`cgflow.sampling.cg_md`) and its (phi, psi) FES is scored against the
 (reweighted) FG histogram FES with :func:`cgflow.analysis.fes.compare_to_reference`.
 """
@@ -196,9 +198,24 @@ class CGSimulator:
         self.x = tr.positions[-1]
         return tr.positions.reshape(-1, *tr.positions.shape[2:]).to(torch.float64)
 
+    def state(self) -> dict:
+        """The replicas and their random stream, for a trainer's checkpoint."""
+        return {"x": self.x, "generator": self.gen.get_state()}
 
-def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: int = 0):
-    """Train ``model`` in place with ``objective``; returns the list of trainers that ran (history)."""
+    def load_state(self, state: dict) -> None:
+        self.x = state["x"]
+        self.gen.set_state(state["generator"])
+
+
+def checkpoint_paths(model_path: Path) -> dict[str, Path]:
+    """Each training stage's checkpoint beside ``model_path`` (``model.fm.ckpt``, ...)."""
+    return {tag: Path(model_path).with_suffix(f".{tag}.ckpt") for tag in ("fm", "re", "difftre")}
+
+
+def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: int = 0, signature: str | None = None):
+    """Train ``model`` in place with ``objective``; returns the list of trainers that ran (history).
+    ``checkpoint``: the model's path, beside which each stage checkpoints (:func:`checkpoint_paths`)
+    and resumes, from a checkpoint written for the same ``signature`` only."""
     import torch
 
     from cgflow.sampling.cg_forces import BeadForces
@@ -213,11 +230,11 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
     x, f = data["x"], data["f"]
     w = data.get("weights")
     done = []
-    ckpt = (lambda tag: None) if checkpoint is None else (lambda tag: Path(checkpoint).with_suffix(f".{tag}.ckpt"))
+    ckpt = (lambda tag: None) if checkpoint is None else checkpoint_paths(checkpoint).get
     if objective in ("fm", "fm+re"):
         fm = cfg["fm"]
         done.append(ForceMatching(model, x, f, batch_size=fm["batch_size"], lr=fm["lr"], max_epochs=fm["epochs"],
-                                  patience=fm["patience"], checkpoint=ckpt("fm"), seed=seed).fit())
+                                  patience=fm["patience"], checkpoint=ckpt("fm"), seed=seed, signature=signature).fit())
     sim_cfg, md = cfg["re"], cfg["md"]
     simulate = CGSimulator(BeadForces(model, md["precision"], md["compile"], md["device"]), x, data["masses"],
                            data["temperature"], md["timestep"], sim_cfg["sim_steps"], sim_cfg["replicas"],
@@ -225,14 +242,15 @@ def train(objective: str, model, data: dict, cfg: dict, checkpoint=None, seed: i
     if objective in ("re", "fm+re"):
         done.append(RelativeEntropy(model, x, simulate, kT, fg_weights=w, threshold=cfg["n_eff_threshold"],
                                     lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("re"),
-                                    seed=seed, divergence_factor=1e6, max_reuse=sim_cfg["max_reuse"]).fit())
+                                    seed=seed, divergence_factor=1e6, max_reuse=sim_cfg["max_reuse"],
+                                    signature=signature).fit())
     if objective == "difftre":
         v = np.full(len(x), 1 / len(x)) if w is None else np.asarray(w) / np.sum(w)
         target = torch.as_tensor(v @ phipsi_hist(torch.as_tensor(x), PHI_BEADS, PSI_BEADS).numpy())
         obs = {"phipsi": lambda xs: phipsi_hist(xs, PHI_BEADS, PSI_BEADS)}
         done.append(DiffTRe(model, simulate, obs, {"phipsi": target}, kT, threshold=cfg["n_eff_threshold"],
                             lr=sim_cfg["lr"], max_epochs=sim_cfg["epochs"], checkpoint=ckpt("difftre"),
-                            seed=seed, divergence_factor=1e6).fit())
+                            seed=seed, divergence_factor=1e6, signature=signature).fit())
     return done
 
 
@@ -317,7 +335,9 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     import pandas as pd
     import torch
 
-    from cgflow.io import write_json, write_text
+    import hashlib
+
+    from cgflow.io import config_hash, write_json, write_text
     from cgflow.sampling.cg_md import save_trajectory
     from cgflow.systems.cg_map import alanine_bead_topology
 
@@ -331,7 +351,11 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     torch.manual_seed(campaign.seed)
     model = build_model(data["x"], kT, c.network, c.hidden, c.n_rbf, c.prior, data.get("weights"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainers = train(objective, model, data, c.trainer_settings(), checkpoint=out_dir / "model.pt", seed=campaign.seed)
+    # a checkpoint is resumed only by a job on the same FG data, cg settings and objective
+    signature = config_hash({"cg": campaign.stage_hash("cg"), "objective": objective,
+                             "data": hashlib.sha256(Path(fg).read_bytes()).hexdigest()})
+    trainers = train(objective, model, data, c.trainer_settings(), checkpoint=out_dir / "model.pt", seed=campaign.seed,
+                     signature=signature)
     meta = {"objective": objective, "network": c.network, "map": c.map, "temperature_K": data["temperature"],
             **_provenance(campaign)}
     save_model(model, out_dir / "model.pt", meta)
@@ -356,6 +380,8 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
         "fg_data": c.fg_data, "fg_platform": str(data["platform"]) if "platform" in data else None,
         "fg_steps_per_s": float(data["steps_per_s"]), "cg_over_fg_speed": rate / float(data["steps_per_s"]),
         "wall_s": time.perf_counter() - t0, "provenance": _provenance(campaign)})
+    for path in checkpoint_paths(out_dir / "model.pt").values():
+        path.unlink(missing_ok=True)
     if score["outside_mass"] > OUTSIDE_WARN:
         log.warning("cg/%s: CG MD puts %.0f %% of its probability where the FG data has (almost) none "
                     "(cg_mass_outside_fg); its FES RMSE of %.2f kT cannot see that. Force matching extrapolates "

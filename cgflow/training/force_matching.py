@@ -3,8 +3,10 @@
 Only the mean force is learnable, so the loss floor (the FG force noise) is large; that is
 normal. Biased FG data is fine for force matching as long as the *unbiased* FG forces are
 mapped (the bias acts on the CVs, not in ``f``) and the biased ensemble covers the CG space:
-the minimiser is the mean force at every sampled ``r``, whatever the sampling density, so
-frames need no reweighting (weights may still be given to emphasise regions).
+for a model that can represent it, the minimiser is the mean force at every sampled ``r``,
+whatever the sampling density, so the frames are not reweighted. A model that cannot is
+fitted where the frames are dense, i.e. under the biased ensemble (the bead-CG stage's
+unbiased weights serve its prior, replica starts and FES, not this loss).
 Inputs of any shape (n_frames, ...): the model maps them to energies (n_frames,).
 """
 

@@ -4,8 +4,10 @@
 epoch loop, early stopping on a validation loss, divergence checks (non-finite loss or
 parameters, or a loss ``divergence_factor`` above the best) that raise
 :class:`TrainingDiverged` with a clear message, atomic checkpoints after each epoch that a
-restarted job resumes from, and restoring the best weights at the end. An objective
-subclasses it and implements :meth:`Trainer.epoch`.
+restarted job resumes from (only one written for the same ``signature``: the same data and
+settings; with RE/DiffTRe's CG samples and replicas, so that the resumed run is the
+uninterrupted one), and restoring the best weights at the end. An objective subclasses it and
+implements :meth:`Trainer.epoch`.
 
 Reweighting (METHODS §3-4): CG samples ``r_i`` drawn under parameters ``theta_old`` get
 weights ``w_i = softmax_i(-beta [U_theta(r_i) - U_theta_old(r_i)])``; they are reused while
@@ -70,6 +72,19 @@ class ReweightedSamples:
         self.n_simulations = 0
         self.uses = 0
 
+    def state(self) -> dict:
+        """What a checkpoint needs to continue exactly: the samples, their old energies and counts,
+        and the simulator's replicas and random stream (when it has a ``state()``)."""
+        simulator = getattr(self.simulate, "state", None)
+        return {"x": self.x, "u_old": self.u_old, "n_simulations": self.n_simulations, "uses": self.uses,
+                "simulator": simulator() if simulator else None}
+
+    def load_state(self, state: dict) -> None:
+        self.x, self.u_old = state["x"], state["u_old"]
+        self.n_simulations, self.uses = int(state["n_simulations"]), int(state["uses"])
+        if state["simulator"] is not None:
+            self.simulate.load_state(state["simulator"])
+
     def refresh(self, model) -> None:
         self.x = self.simulate(model).detach()
         with torch.no_grad():
@@ -91,20 +106,27 @@ class ReweightedSamples:
 
 
 class Trainer:
-    """Epoch loop with early stopping, divergence checks and checkpoints; subclasses define ``epoch()``."""
+    """Epoch loop with early stopping, divergence checks and checkpoints; subclasses define ``epoch()``
+    (and set ``samples`` when they learn from reweighted CG samples)."""
+
+    samples: ReweightedSamples | None = None
 
     def __init__(self, model: torch.nn.Module, lr: float = 1e-3, max_epochs: int = 100, patience: int = 10,
-                 checkpoint: str | Path | None = None, divergence_factor: float = 1e4, seed: int = 0) -> None:
+                 checkpoint: str | Path | None = None, divergence_factor: float = 1e4, seed: int = 0,
+                 signature: str | None = None) -> None:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=lr)
         self.max_epochs, self.patience = max_epochs, patience
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.signature = signature
         self.divergence_factor = divergence_factor
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[dict] = []
         self.best = math.inf
         self.best_state = None
+        self.stale = 0  # epochs since the best validation loss
+        self.stopped = False  # early-stopped: a resumed run trains no further
 
     def epoch(self) -> dict:  # pragma: no cover - abstract
         """One epoch; returns at least ``loss`` (and ``val_loss`` to enable early stopping)."""
@@ -124,26 +146,30 @@ class Trainer:
 
         if self.checkpoint is None:
             return
-        save_checkpoint(self.checkpoint, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                          "history": self.history, "best": self.best, "best_state": self.best_state,
-                                          "generator": self.generator.get_state()})
+        save_checkpoint(self.checkpoint, {
+            "signature": self.signature, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "history": self.history, "best": self.best, "best_state": self.best_state, "stale": self.stale,
+            "stopped": self.stopped, "generator": self.generator.get_state(),
+            "samples": self.samples.state() if self.samples is not None else None})
 
     def _resume(self) -> None:
         from cgflow.io import load_checkpoint
 
-        state = load_checkpoint(self.checkpoint)
+        state = load_checkpoint(self.checkpoint, self.signature)
         if state is None:
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best, self.best_state = list(state["history"]), state["best"], state["best_state"]
+        self.stale, self.stopped = int(state["stale"]), bool(state["stopped"])
         self.generator.set_state(state["generator"])
+        if self.samples is not None and state["samples"] is not None:
+            self.samples.load_state(state["samples"])
         log.info("resumed %s at epoch %d", type(self).__name__, len(self.history))
 
     def fit(self) -> "Trainer":
         self._resume()
-        stale = 0
-        while len(self.history) < self.max_epochs:
+        while not self.stopped and len(self.history) < self.max_epochs:
             record = self.epoch()
             self._check(record)
             record["epoch"] = len(self.history)
@@ -151,16 +177,16 @@ class Trainer:
             score = record.get("val_loss")
             if score is not None:
                 if score < self.best:
-                    self.best, stale = score, 0
+                    self.best, self.stale = score, 0
                     self.best_state = copy.deepcopy(self.model.state_dict())
                 else:
-                    stale += 1
+                    self.stale += 1
             elif math.isfinite(record["loss"]):
                 self.best = min(self.best, abs(record["loss"])) if math.isfinite(self.best) else abs(record["loss"])
+            self.stopped = score is not None and self.stale >= self.patience
             self._save()
-            if score is not None and stale >= self.patience:
+            if self.stopped:
                 log.info("early stop at epoch %d", len(self.history))
-                break
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return self

@@ -73,3 +73,24 @@ def test_trainer_resumes_from_its_checkpoint_and_stops_on_divergence(tmp_path):
     assert [h["val_loss"] for h in straight.history] == pytest.approx([h["val_loss"] for h in resumed.history])
     with pytest.raises(TrainingDiverged, match="learning rate"):
         ForceMatching(RBFEnergy(), x, f * 1e200, batch_size=100, lr=1e300, max_epochs=5, seed=0).fit()
+
+
+def test_an_early_stopped_trainer_resumed_trains_no_further_and_other_data_starts_afresh(tmp_path):
+    """A job killed after force matching stopped early (e.g. in its CG MD) must give the same
+    model when rerun; a checkpoint written for other data or settings must not be resumed."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(400, 1))
+    f = -20.0 * x * (x**2 - 1) + rng.normal(scale=5.0, size=x.shape)
+
+    def make(signature="data-a", forces=f):
+        return ForceMatching(RBFEnergy(), x, forces, batch_size=100, lr=0.5, max_epochs=400, patience=3,
+                             checkpoint=tmp_path / "c.pt", seed=0, signature=signature)
+
+    first = make().fit()
+    assert first.stopped and len(first.history) < 400
+    again = make().fit()
+    assert again.history == first.history
+    for a, b in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+    other = make("data-b", 2 * f).fit()  # other forces: trained from the start, on them
+    assert other.history[0]["epoch"] == 0 and other.history[0]["val_loss"] != first.history[0]["val_loss"]

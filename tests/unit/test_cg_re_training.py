@@ -72,3 +72,40 @@ def test_relative_entropy_recovers_the_dimer_bond(biased):
     k, r0 = float(torch.exp(model.log_k.detach())), float(model.r0_angstrom.detach()) / 10
     assert k == pytest.approx(K_TRUE, rel=0.04)  # 2-8 % too stiff without the equilibration segment
     assert r0 == pytest.approx(R0_TRUE, abs=0.004)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_relative_entropy_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    """The checkpoint holds the CG samples, their reuse count and the replicas' random stream:
+    a resumed run continues the same trajectory of updates, not a statistically similar one."""
+    from cgflow.training.trainer import Trainer
+
+    rng = np.random.default_rng(5)
+    x, _ = _dimer_frames(2_000, 0.0, rng)
+    data = {"x": x, "f": np.zeros_like(x), "masses": np.array([12.0, 12.0]), "temperature": T}
+    cfg = _cfg()
+    cfg["re"].update(epochs=12, replicas=64, sim_steps=100, equilibration=50, max_reuse=4)
+
+    def run(checkpoint=None):
+        model = HarmonicDimer(0.5 * K_TRUE, R0_TRUE + 0.03)
+        train("re", model, data, cfg, checkpoint=checkpoint, seed=3, signature="s")
+        return [p.detach().clone() for p in model.parameters()]
+
+    straight = run()
+    save = Trainer._save
+
+    def save_then_die(self):
+        save(self)
+        if len(self.history) == 7:  # mid-way through the samples' reuse: their state matters
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    with pytest.raises(_Killed):
+        run(tmp_path / "model.pt")
+    monkeypatch.undo()
+    resumed = run(tmp_path / "model.pt")
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
