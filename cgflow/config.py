@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -22,6 +23,9 @@ KB = 0.0083144626181532  # kJ/mol/K
 RESERVED_COLUMNS = {"walker", "step", "time_ps", "potential_energy_kJmol", "bias_energy_kJmol",
                     "x_nm", "y_nm", "z_nm", "round", "weight"}
 MOLECULE_CVS = ("phi", "psi")
+MAX_GRID_POINTS = 2_000_000
+"""The most points (or cells) a grid over the CVs may have: analysis bins, the quadrature, bias and
+Markov grids."""
 
 
 class ConfigError(ValueError):
@@ -708,9 +712,13 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     g.setdefault("markov_bins", {1: 32, 2: 16}.get(n_cvs, 8))
     if g["e1"] <= g["e0"]:
         raise ConfigError(f"guidance.e1: {g['e1']} is not allowed; it must be > guidance.e0 ({g['e0']})")
-    if n_cvs > 1 and g["model_grid"] ** n_cvs > 2_000_000:
-        raise ConfigError(f"guidance.model_grid: {g['model_grid']} is too fine for {n_cvs} CVs; "
-                          "keep model_grid^n_cvs <= 2e6")
+    per_cv = {"analysis.bins": bins, "guidance.model_grid": g["model_grid"], "guidance.bias_grid": g["bias_grid"],
+              "guidance.markov_bins": g["markov_bins"]}
+    for key, points in per_cv.items():  # every grid is held whole in memory (and the bias in OpenMM)
+        total = math.prod(points) if isinstance(points, list) else points ** n_cvs
+        if total > MAX_GRID_POINTS:
+            raise ConfigError(f"{key}: {points} is too fine for {n_cvs} CVs ({total:.3g} points or cells); "
+                              f"keep the product over the CVs <= {MAX_GRID_POINTS:.0e}")
     if "initial_bias" in g:
         path = Path(g["initial_bias"]) if base_dir is None else base_dir / g["initial_bias"]
         if not path.is_file():

@@ -142,6 +142,12 @@ BAD = {
     "TRAM lag as long as a round": (cfg(sampling__steps=200, sampling__report_interval=100, guidance__rounds=3,
                                         guidance__markov_lag=1.0), "guidance.markov_lag", "1.0 ps (5 frames)",
                                     "guidance.estimator: mbar"),
+    "bias grid too fine for 3 CVs": (cfg(energy("x^2+y^2+z^2", box={"x": [-1, 1], "y": [-1, 1], "z": [-1, 1]}),
+                                         system__cv=["x", "y", "z"], guidance__bias_grid=512), "guidance.bias_grid",
+                                     "512 is too fine for 3 CVs (1.34e+08 points or cells)", "<= 2e+06"),
+    "analysis bins too fine for 2 CVs": (cfg(energy("x^2+y^2", box={"x": [-1, 1], "y": [-1, 1]}), system__cv=["x", "y"],
+                                             analysis__bins=[2000, 2000]), "analysis.bins", "[2000, 2000] is too fine",
+                                         "<= 2e+06"),
     "seed_cells neither auto nor a number": (cfg(guidance__seed_cells="many"), "guidance.seed_cells",
                                              "'many' is not allowed", "auto or an integer >= 1 and <= 64"),
 }
