@@ -42,10 +42,10 @@ def train_round(campaign, round_index: int, sample_paths: list[Path], weights_pa
     seed = int(np.random.SeedSequence([campaign.seed, round_index, 7]).generate_state(1)[0])
     model = CVEnergyEnsemble(lower, upper, periodic, hidden=g.hidden, members=g.ensemble, seed=seed)
     average = g.model_average if g.model_average != "auto" else ("quadrature" if len(names) <= 2 else "langevin")
-    history = fit(model, df[names].to_numpy(), df["weight"].to_numpy(), df["walker"].to_numpy(), campaign.sampling.kT,
+    blocks = df["round"].to_numpy() * (campaign.sampling.walkers + 1) + df["walker"].to_numpy()
+    history = fit(model, df[names].to_numpy(), df["weight"].to_numpy(), blocks, campaign.sampling.kT,
                   model_average=average, grid=model_grid(campaign), steps=g.train_steps, lr=g.learning_rate,
-                  seed=seed, checkpoint=Path(out_model).with_name(f"{Path(out_model).stem}.fit-checkpoint.pt"),
-                  strata=df["round"].to_numpy())
+                  seed=seed, checkpoint=Path(out_model).with_name(f"{Path(out_model).stem}.fit-checkpoint.pt"))
     meta = {"round": round_index, "cv_names": names, "kT_kJmol": campaign.sampling.kT,
             "temperature_K": campaign.sampling.temperature, "model_average": average,
             "config_hash": campaign.hash, "seed": seed, "versions": package_versions(),
