@@ -53,7 +53,7 @@ def choose_starts(last_frames: np.ndarray, scores: np.ndarray, cells: np.ndarray
         return frames, seeded
     scores = np.asarray(scores, dtype=float)
     held = np.bincount(cells[frames], minlength=len(quotas))
-    p = np.where(scores < 0, 0.0, np.clip(scores, 0, None) ** 4 + 1e-12)
+    p = np.where(scores < 0, 0.0, scores**4 + 1e-12)
     with np.errstate(divide="ignore"):
         order = np.argsort(np.log(rng.random(len(p))) / p)[::-1]  # weighted sampling without replacement
     tiebreak = rng.random(n_walkers)
