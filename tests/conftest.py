@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+class Killed(Exception):
+    """Raised by a test's patch where a real job would be killed (SIGKILL) in-process."""
+
+
 def kill_after_chunks(cmd: list[str], work: Path, n_chunks: int, env: dict | None = None) -> int:
     """Start ``cmd`` and SIGKILL it once ``work`` holds ``n_chunks`` checkpoint chunks (or after
     60 s, or when it ends first); return how many chunks it left, as a job killed mid-run does."""

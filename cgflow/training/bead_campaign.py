@@ -13,6 +13,7 @@ in torch (:mod:`cgflow.sampling.cg_md`) and its (phi, psi) FES is scored against
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -334,8 +335,6 @@ def write_objective(campaign, objective: str, fg: Path, out_dir: Path) -> None:
     """Train one objective on ``fg`` and write model.pt, train.json, cg_md.dcd/.pdb, fes.csv, summary.json."""
     import pandas as pd
     import torch
-
-    import hashlib
 
     from cgflow.io import config_hash, write_json, write_text
     from cgflow.sampling.cg_md import save_trajectory

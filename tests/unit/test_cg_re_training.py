@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cgflow.training.bead_campaign import KB, train
+from tests.conftest import Killed
 
 T = 300.0
 kT = KB * T
@@ -74,10 +75,6 @@ def test_relative_entropy_recovers_the_dimer_bond(biased):
     assert r0 == pytest.approx(R0_TRUE, abs=0.004)
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_killed_relative_entropy_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     """The checkpoint holds the CG samples, their reuse count and the replicas' random stream:
     a resumed run continues the same trajectory of updates, not a statistically similar one."""
@@ -100,10 +97,10 @@ def test_a_killed_relative_entropy_run_resumes_to_the_uninterrupted_model(tmp_pa
     def save_then_die(self):
         save(self)
         if len(self.history) == 7:  # mid-way through the samples' reuse: their state matters
-            raise _Killed
+            raise Killed
 
     monkeypatch.setattr(Trainer, "_save", save_then_die)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         run(tmp_path / "model.pt")
     monkeypatch.undo()
     resumed = run(tmp_path / "model.pt")

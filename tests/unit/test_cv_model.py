@@ -21,6 +21,7 @@ from cgflow.models.cv_energy import (
 )
 from cgflow.sampling.cg_langevin import langevin
 from cgflow.training.max_likelihood import fit
+from tests.conftest import Killed
 
 KT = 2.494  # kJ/mol at 300 K
 BOX = ([-2.0], [2.0], [False])
@@ -234,10 +235,6 @@ def test_free_energies_are_normalised_and_agree_off_grid():
     assert np.allclose(free_energies_at(model, grid, KT, shifted), F.reshape(3, -1), atol=1e-3)
 
 
-class _Killed(Exception):
-    pass
-
-
 class _Steps:
     """Stands in for ``max_likelihood._check_finite``, which a fit calls once a step: records the
     steps it runs and, at ``kill_at``, stops it as a killed job stops (the checkpoint before stays)."""
@@ -247,7 +244,7 @@ class _Steps:
 
     def __call__(self, loss, step):
         if step == self.kill_at:
-            raise _Killed
+            raise Killed
         self.seen.append(step)
         self.check(loss, step)
 
@@ -271,7 +268,7 @@ def test_a_killed_fit_resumes_to_the_model_of_an_uninterrupted_one(model_average
 
     loss, F, _, resumed_wall = run()
     assert not checkpoint.exists() and resumed_wall == 0
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         run(kill_at=25)
     assert checkpoint.is_file()
     with caplog.at_level("INFO", logger="cgflow.training.max_likelihood"):
@@ -280,7 +277,7 @@ def test_a_killed_fit_resumes_to_the_model_of_an_uninterrupted_one(model_average
     assert resumed_loss == loss and np.array_equal(resumed_F, F)
     assert not checkpoint.exists()
 
-    with pytest.raises(_Killed):  # a checkpoint written for other settings is not resumed from
+    with pytest.raises(Killed):  # a checkpoint written for other settings is not resumed from
         run(kill_at=25)
     other_loss, other_F, seen, resumed_wall = run(lr=5e-3)
     assert seen == list(range(40)) and not checkpoint.exists() and resumed_wall == 0

@@ -12,6 +12,7 @@ from cgflow.config import ConfigError
 from cgflow.guidance.bias import FORCE_GROUP, BiasGrid
 from cgflow.sampling.engine import MDSettings, Replica
 from cgflow.sampling.hills import HillSettings, Hills, RoundStates
+from tests.conftest import Killed
 
 KT = 2.494
 
@@ -113,19 +114,15 @@ class _OtherRank:
         return [value]
 
 
-class _Killed(Exception):
-    pass
-
-
 def _kill_before_chunk(monkeypatch, step: int) -> None:
-    """Every replica dies (raises _Killed) just before it would save its chunk at ``step``."""
+    """Every replica dies (raises Killed) just before it would save its chunk at ``step``."""
     from cgflow.sampling import engine
 
     save_chunk = engine.Replica.save_chunk
 
     def killed(self):
         if self.step == step:
-            raise _Killed
+            raise Killed
         return save_chunk(self)
 
     monkeypatch.setattr(engine.Replica, "save_chunk", killed)
@@ -149,14 +146,14 @@ def test_a_rank_rolled_back_to_another_ranks_checkpoint_keeps_no_later_hills(cam
     def save_then_die_at_3000(self, path, equilibration):
         save(self, path, equilibration)
         if path.name == "hills-0000003000.npz":
-            raise _Killed
+            raise Killed
 
     monkeypatch.setattr(hills.Hills, "save", save_then_die_at_3000)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(10**9))
     monkeypatch.setattr(hills.Hills, "save", save)
     _kill_before_chunk(monkeypatch, 3000)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(2000))
     monkeypatch.undo()
     resumed, _ = sample_round(c, 0, tmp_path, hills=layer(), comm=_OtherRank(3000))
@@ -178,7 +175,7 @@ def test_a_hills_round_killed_then_run_on_another_bias_grid_starts_afresh(campai
         return Hills(zero_bias(c), HillSettings.from_campaign(c))
 
     _kill_before_chunk(monkeypatch, 3000)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         sample_round(config(101), 0, tmp_path, hills=layer(config(101)))
     monkeypatch.undo()
     fresh, _ = sample_round(config(61), 0, tmp_path / "fresh", hills=layer(config(61)))

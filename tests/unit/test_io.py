@@ -6,10 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cgflow import io
-
-
-class _Killed(Exception):
-    pass
+from tests.conftest import Killed
 
 
 def test_a_work_folder_killed_while_being_removed_is_gone_not_half_there(tmp_path, monkeypatch):
@@ -23,10 +20,10 @@ def test_a_work_folder_killed_while_being_removed_is_gone_not_half_there(tmp_pat
         chunk = next(iter(sorted(path.rglob("chunk-*.npz"))), None)
         if chunk is not None:
             chunk.unlink()  # rmtree deletes entry by entry: a kill can come after any of them
-            raise _Killed
+            raise Killed
 
     monkeypatch.setattr(io.shutil, "rmtree", killed_half_way)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         io.remove_tree(work)
     assert not work.exists()  # a rerun finds no folder to resume from, not a folder with a hole
     monkeypatch.setattr(io.shutil, "rmtree", rmtree)

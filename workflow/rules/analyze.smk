@@ -66,7 +66,7 @@ rule fes:
     conda:
         ENV
     message:
-        f"Free-energy surface ({CAMPAIGN.guidance.estimator.upper()}) over {len(ROUNDS)} round(s), beside the CG model's"
+        f"Free-energy surface of {len(ROUNDS)} round(s), reweighted, beside the CG model's"
     shell:
         "cgflow fes --config {input.config} --samples {input.samples} --weights {input.weights} "
         "--model {input.model} --train-reports {input.train_reports} {params.guide} {params.reference} "
