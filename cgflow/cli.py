@@ -13,10 +13,28 @@ import sys
 from pathlib import Path
 
 
-def _campaign(path):
+def _campaign(path, section: str | None = None):
+    """The campaign of the config file ``path``; ``section``: the one it must have (cg, ccg)."""
     from cgflow.config import load_config
+    from cgflow.io import InputError
 
-    return load_config(Path(path))
+    campaign = load_config(Path(path))
+    if section is not None and getattr(campaign, section) is None:
+        raise InputError(f"{path} has no {section}: section, which this command runs")
+    return campaign
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; it must be an integer >= {minimum}")
+        return value
+    return parse
 
 
 def cmd_validate(args) -> None:
@@ -33,9 +51,13 @@ def cmd_write_config(args) -> None:
     import yaml
 
     from cgflow.config import load_config
-    from cgflow.io import write_text
+    from cgflow.io import InputError, write_text
 
-    campaign = load_config(json.loads(args.json))
+    try:
+        resolved = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--json is not JSON text: {exc}") from None
+    campaign = load_config(resolved)
     write_text(args.out, yaml.safe_dump(campaign.resolved, sort_keys=False))
 
 
@@ -113,33 +135,33 @@ def cmd_cg_sample(args) -> None:
         if not (args.samples and args.weights) or len(args.samples) != len(args.forces):
             raise SystemExit("cgflow cg-sample: --forces needs --samples of the same rounds and --weights")
         rounds = ([Path(p) for p in args.samples], [Path(p) for p in args.forces], Path(args.weights))
-    write_fg_mapped(_campaign(args.config), Path(args.out), rounds)
+    write_fg_mapped(_campaign(args.config, "cg"), Path(args.out), rounds)
 
 
 def cmd_cg_train(args) -> None:
     from cgflow.training.bead_campaign import write_objective
 
-    write_objective(_campaign(args.config), args.objective, Path(args.fg), Path(args.out_dir))
+    write_objective(_campaign(args.config, "cg"), args.objective, Path(args.fg), Path(args.out_dir))
 
 
 def cmd_reconstruct(args) -> None:
     from cgflow.reconstruction.campaign import write_flow
 
-    write_flow(_campaign(args.config), Path(args.out_dir), [Path(p) for p in args.samples or []])
+    write_flow(_campaign(args.config, "ccg"), Path(args.out_dir), [Path(p) for p in args.samples or []])
 
 
 def cmd_ccg_fes(args) -> None:
     from cgflow.reconstruction.campaign import write_ccg_fes
 
     flow = Path(args.flow)
-    write_ccg_fes(_campaign(args.config), flow, Path(args.flow_json) if args.flow_json else flow.with_suffix(".json"),
+    write_ccg_fes(_campaign(args.config, "ccg"), flow, Path(args.flow_json) if args.flow_json else flow.with_suffix(".json"),
                   Path(args.out_dir), Path(args.reference) if args.reference else None)
 
 
 def cmd_ccg_compare(args) -> None:
     from cgflow.reconstruction.compare import write_comparison
 
-    write_comparison(_campaign(args.config), Path(args.ccg_fes), Path(args.ccg_summary), Path(args.fes),
+    write_comparison(_campaign(args.config, "ccg"), Path(args.ccg_fes), Path(args.ccg_summary), Path(args.fes),
                      Path(args.summary), Path(args.out_dir))
 
 
@@ -177,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="run one round of FG sampling (under mpiexec/srun or alone)")
     p.add_argument("--config", required=True, help="resolved campaign config")
-    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--round", type=_count(0), required=True)
     p.add_argument("--out-dir", required=True, help="round folder; samples.parquet (and traj/) go here")
     p.add_argument("--bias", help="bias.npz to apply (default: none)")
     p.add_argument("--starts", help="starts.npz with walker start positions (default: the system's start)")
-    p.add_argument("--steps", type=int, help="steps per walker (default: sampling.steps)")
+    p.add_argument("--steps", type=_count(1), help="steps per walker (default: sampling.steps)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reweight", help="unbiased weights of all frames of rounds 0..k (guidance.estimator: TRAM or MBAR; "
@@ -194,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit round k's CG model ensemble to the reweighted FG samples")
     p.add_argument("--config", required=True)
-    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--round", type=_count(0), required=True)
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--weights", required=True)
     p.add_argument("--out", required=True, help="cg.pt")
@@ -203,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("guide", help="the bias and walker starts of round k+1 from round k's CG model")
     p.add_argument("--config", required=True)
-    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--round", type=_count(0), required=True)
     p.add_argument("--model", required=True, help="round k's cg.pt")
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--weights", required=True)
@@ -305,11 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from cgflow.config import ConfigError
+    from cgflow.io import InputError
 
     try:
         args.func(args)
     except ConfigError as exc:
         print(f"cgflow: bad config: {exc}", file=sys.stderr)
+        return 2
+    except (InputError, FileNotFoundError, IsADirectoryError) as exc:
+        if args.verbose:
+            raise
+        print(f"cgflow {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
 

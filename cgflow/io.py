@@ -20,6 +20,14 @@ from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 10.0
+"""Long work (MD, training) logs a line of progress at most this often."""
+
+
+class InputError(ValueError):
+    """An input file or argument that is missing or not what the command needs (another
+    campaign's, another kind of file): ``cgflow`` prints it as one line naming the file."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -112,13 +120,22 @@ def read_provenance(path: str | os.PathLike) -> dict:
     return json.loads(meta.get(b"cgflow", b"{}"))
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write a training checkpoint (``torch.save``) atomically: a job killed while writing it
-    keeps the previous one."""
+def write_torch(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save`` a dict of tensors and plain data (a model, a training checkpoint)
+    atomically: a job killed while writing it keeps the previous file."""
     import torch
 
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """``numpy.savez`` atomically (uncompressed: the arrays are small or already dense)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
 
 def load_checkpoint(path: str | os.PathLike | None, signature: str | None = None) -> dict | None:

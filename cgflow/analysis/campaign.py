@@ -67,17 +67,39 @@ def _placeholder(edges, F):
     return FES(edges=tuple(edges), F=F, F_err=np.full_like(F, np.nan))
 
 
-def read_samples(paths: list[Path]):
-    """All rounds' samples in one DataFrame with a ``round`` column, and their provenance."""
+def read_samples(campaign, paths: list[Path]):
+    """All rounds' samples in one DataFrame with a ``round`` column, and their provenance.
+    Each file must have been sampled under this campaign's seed, system and sampling keys."""
     import pandas as pd
 
-    from cgflow.io import read_provenance
+    from cgflow.io import InputError
 
     frames, prov = [], []
+    expected = campaign.stage_hash("sampling")
     for path in paths:
-        p = read_provenance(path)
+        p = read_provenance_of(path, "samples.parquet")
+        if "fg_steps" not in p:
+            raise InputError(f"{path} is not a samples.parquet (it has no sampling provenance)")
+        if p["sampling_hash"] != expected:
+            raise InputError(f"{path} is not a samples.parquet of this campaign: it was sampled under other seed, system "
+                             f"or sampling keys (sampling hash {p['sampling_hash']}, this config's {expected})")
         df = pd.read_parquet(path)
         df.insert(0, "round", p.get("round", len(prov)))
         frames.append(df)
         prov.append(p)
     return pd.concat(frames, ignore_index=True), prov
+
+
+def read_provenance_of(path: Path, kind: str) -> dict:
+    """The cgflow provenance of a parquet file that must be a ``kind`` (e.g. weights.parquet)."""
+    from cgflow.io import InputError, read_provenance
+
+    try:
+        p = read_provenance(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"{path} is not a {kind}: {' '.join(str(exc).split())}") from None
+    if not p:
+        raise InputError(f"{path} is not a {kind} written by cgflow (it has no cgflow provenance)")
+    return p

@@ -93,7 +93,7 @@ def curve_rounds(campaign, sample_paths, reference_F, weight_paths=()):
 
     s = campaign.sampling
     names = list(campaign.system.cv_names)
-    df, prov = read_samples([Path(p) for p in sample_paths])
+    df, prov = read_samples(campaign, [Path(p) for p in sample_paths])
     loaded = _round_biases(prov)
     per_round = s.steps + s.equilibration
     rows = []
@@ -106,7 +106,7 @@ def curve_rounds(campaign, sample_paths, reference_F, weight_paths=()):
         part = df[take]
         cv, weights = part[names].to_numpy(), None
         if share == s.steps and current < len(weight_paths):
-            weights = _round_weights(part, weight_paths[current])
+            weights = _round_weights(campaign, part, weight_paths[current])
         elif len(part):
             included = sorted(part["round"].unique())
             frames = part.assign(round=part["round"].map({k: i for i, k in enumerate(included)}))
@@ -123,7 +123,7 @@ def curve_rounds(campaign, sample_paths, reference_F, weight_paths=()):
     return _curve("cgflow", rows)
 
 
-def _round_weights(frames, path) -> np.ndarray:
+def _round_weights(campaign, frames, path) -> np.ndarray:
     """The weights ``path`` (one round's weights.parquet) gives ``frames``, which must be all of
     its frames: those of rounds 0..k."""
     from pyarrow.parquet import read_metadata
@@ -134,7 +134,7 @@ def _round_weights(frames, path) -> np.ndarray:
     if rows != len(frames):
         raise ValueError(f"{path} weighs {rows} frames, but rounds 0..{frames['round'].max()} of the samples "
                          f"have {len(frames)}: it belongs to other samples")
-    return attach_weights(frames, path)["weight"].to_numpy()
+    return attach_weights(campaign, frames, path)["weight"].to_numpy()
 
 
 def curve_unbiased(campaign, path, reference_F):
@@ -215,7 +215,7 @@ def on_target_shares(campaign, sample_paths, reference_F) -> list[list]:
     names = list(campaign.system.cv_names)
     region = scored_region(campaign, reference_F)
     shares = []
-    for k, frames in read_samples(sample_paths)[0].groupby("round", sort=True):
+    for k, frames in read_samples(campaign, sample_paths)[0].groupby("round", sort=True):
         counts, _ = np.histogramdd(frames[names].to_numpy(), bins=cv_edges(campaign))
         shares.append([int(k), float(counts[region].sum() / max(counts.sum(), 1))])
     return shares

@@ -350,9 +350,23 @@ def fes_from_frame(frame, cv_names, column: str = "F_kJmol") -> FES:
 
 def read_fes_csv(path: str | os.PathLike, cv_names, column: str = "F_kJmol") -> FES:
     """Read a ``fes.csv`` (e.g. a reference) back into an :class:`FES`; see :func:`fes_from_frame`."""
+    return fes_from_frame(read_fes_frame(path, cv_names, column), cv_names, column)
+
+
+def read_fes_frame(path: str | os.PathLike, cv_names, column: str = "F_kJmol"):
+    """A ``fes.csv`` as a DataFrame, checked to have a column per CV and ``column``."""
     import pandas as pd
 
-    return fes_from_frame(pd.read_csv(path), cv_names, column)
+    from cgflow.io import InputError
+
+    try:
+        frame = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path} is not a fes.csv: {' '.join(str(exc).split())}") from None
+    missing = [c for c in [*cv_names, column] if c not in frame]
+    if missing:
+        raise InputError(f"{path} is not a fes.csv on the CVs {list(cv_names)}: it has no column {', '.join(missing)}")
+    return frame
 
 
 def _edges_from_centres(c: np.ndarray) -> np.ndarray:

@@ -200,7 +200,20 @@ def metadynamics_long(campaign, settings: LongMetadSettings | None = None, dirs=
         return found
     target = Path(dirs[-1]) / f"reference-{key}.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
-    compute(campaign, settings, target)
+    import fcntl
+
+    # campaigns that share the cache (a seed scan) compute each reference once, in one work folder
+    with open(target.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("metadynamics_long reference %s: another job is computing it; waiting for it", key)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        found = find_reference(key, dirs)
+        if found is not None:
+            log.info("metadynamics_long reference %s: using %s, computed meanwhile", key, found)
+            return found
+        compute(campaign, settings, target)
     return target
 
 

@@ -40,7 +40,7 @@ def round_fes(campaign, df, weights_path: Path):
     from cgflow.analysis.reweight import attach_weights
 
     names = list(campaign.system.cv_names)
-    part = attach_weights(df[df["round"].isin(_rounds_in(weights_path))], weights_path)
+    part = attach_weights(campaign, df[df["round"].isin(_rounds_in(weights_path))], weights_path)
     cv, w, edges = part[names].to_numpy(), part["weight"].to_numpy(), cv_edges(campaign)
     fes = histogram_fes(cv, edges, campaign.sampling.kT, weights=w, blocks=part["walker"].to_numpy(),
                         strata=part["round"].to_numpy(), n_bootstrap=campaign.analysis.bootstrap, seed=campaign.seed)
@@ -60,7 +60,7 @@ def cg_fes(campaign, model_path: Path) -> np.ndarray:
     from cgflow.models.cv_energy import load
     from cgflow.training.campaign import model_grid
 
-    model, _ = load(model_path)
+    model, _ = load(model_path, campaign.system.cv_names)
     edges = cv_edges(campaign)
     axes = [np.linspace(e[0], e[-1], 8 * (len(e) - 1) + 1) for e in edges]
     nodes = np.meshgrid(*axes, indexing="ij")
@@ -79,7 +79,7 @@ def write_fes(campaign, samples: list[Path], weights: list[Path], model: Path, t
     t0 = time.perf_counter()
     names = list(campaign.system.cv_names)
     kT, cutoff = campaign.sampling.kT, campaign.analysis.rmse_cutoff_kT
-    df, prov = read_samples(samples)
+    df, prov = read_samples(campaign, samples)
     ref = read_fes_csv(reference, names) if reference else None
     per_round, shares = zip(*[round_fes(campaign, df, w) for w in weights])
     fes, share = per_round[-1], shares[-1]
@@ -174,16 +174,15 @@ def _as_fes(template, F):
 
 
 def write_plots(campaign, fes_csv: Path, samples: list[Path], out_dir: Path) -> None:
-    import pandas as pd
-
+    from cgflow.analysis.fes import read_fes_frame
     from cgflow.analysis.plots import plot_cv_histogram, plot_fes, plot_walker_traces
 
     unit = "nm" if campaign.system.is_toy else "rad"
     labels = {name: f"{name} ({unit})" for name in campaign.system.cv_names}
     names = list(labels.values())
-    df, _ = read_samples(samples)
+    df, _ = read_samples(campaign, samples)
     df = df.rename(columns=labels)
     title = f"{campaign.name}: {campaign.system.potential or campaign.system.type}"
-    plot_fes(pd.read_csv(fes_csv).rename(columns=labels), names, out_dir / "fes.png", title=title)
+    plot_fes(read_fes_frame(fes_csv, campaign.system.cv_names).rename(columns=labels), names, out_dir / "fes.png", title=title)
     plot_cv_histogram(df, names, out_dir / "cv_histogram.png")
     plot_walker_traces(df, names, out_dir / "walker_traces.png")

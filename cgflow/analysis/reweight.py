@@ -151,16 +151,24 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     connected: inside TRAM's connected set) with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.guidance.bias import BiasGrid
-    from cgflow.io import write_parquet
+    from cgflow.io import InputError, write_parquet
     from cgflow.sampling.hills import RoundStates
 
-    df, provenance = read_samples(sample_paths)
+    if len(bias_paths) != len(sample_paths):
+        raise InputError(f"{len(sample_paths)} samples files but {len(bias_paths)} biases: give each round's bias "
+                         "(or none), in the same order")
+    df, provenance = read_samples(campaign, sample_paths)
+    for path, p, b in zip(sample_paths, provenance, bias_paths):
+        if not p.get("hills") and bool(p.get("bias")) != (b is not None):
+            raise InputError(f"{path} was sampled {'under ' + p['bias'] if p.get('bias') else 'without a bias'}, "
+                             f"but its bias is given as {b or 'none'}")
     biases = [RoundStates.load(p["hills"]) if p.get("hills") else BiasGrid.load(b) if b else None
               for p, b in zip(provenance, bias_paths)]
     rw = campaign_weights(campaign, df, biases)
     connected = rw.connected if rw.connected is not None else np.ones(len(df), dtype=bool)
     table = df[["round", "walker", "step"]].assign(weight=rw.weights, connected=connected)
     write_parquet(table, out, {
+        "sampling_hash": campaign.stage_hash("sampling"),
         "estimator": campaign.guidance.estimator,
         "f_k": rw.f_k.tolist(), "n_k": rw.n_k.tolist(), "ess": rw.ess,
         "ess_per_round": rw.ess_per_round.tolist(), "overlap": rw.overlap,
@@ -169,10 +177,18 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     return rw
 
 
-def attach_weights(samples, weights_path):
-    """``samples`` (with a round column) joined with the weights of ``weights_path``."""
+def attach_weights(campaign, samples, weights_path):
+    """``samples`` (with a round column) joined with the weights of ``weights_path``, which must
+    be this campaign's."""
     import pandas as pd
 
+    from cgflow.analysis.campaign import read_provenance_of
+    from cgflow.io import InputError
+
+    p = read_provenance_of(weights_path, "weights.parquet")
+    if p.get("sampling_hash", campaign.stage_hash("sampling")) != campaign.stage_hash("sampling"):
+        raise InputError(f"{weights_path} holds the weights of another campaign's samples (other seed, system or "
+                         "sampling keys)")
     weights = pd.read_parquet(weights_path)
     merged = samples.merge(weights, on=["round", "walker", "step"], how="left", validate="one_to_one")
     if merged["weight"].isna().any():

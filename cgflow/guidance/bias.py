@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path
+from cgflow.io import InputError, write_npz
 
 FORCE_GROUP = 31  # the bias force's group, so its energy can be read apart from the FG potential
 
@@ -106,15 +106,22 @@ class BiasGrid:
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, values=self.values, lower=np.array(self.lower), upper=np.array(self.upper),
-                         periodic=np.array(self.periodic), names=np.array(self.names),
-                         meta=np.array(json.dumps(self.meta)))
+        write_npz(path, values=self.values, lower=np.array(self.lower), upper=np.array(self.upper),
+                  periodic=np.array(self.periodic), names=np.array(self.names),
+                  meta=np.array(json.dumps(self.meta)))
 
     @classmethod
-    def load(cls, path: str | Path) -> "BiasGrid":
-        with np.load(path, allow_pickle=False) as data:
-            return cls(tuple(str(n) for n in data["names"]), tuple(map(float, data["lower"])),
-                       tuple(map(float, data["upper"])), tuple(map(bool, data["periodic"])),
-                       data["values"].astype(float), json.loads(str(data["meta"])))
+    def load(cls, path: str | Path, cv_names=None) -> "BiasGrid":
+        """Read a :meth:`save` file; with ``cv_names``, it must be a bias on exactly these CVs."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                bias = cls(tuple(str(n) for n in data["names"]), tuple(map(float, data["lower"])),
+                           tuple(map(float, data["upper"])), tuple(map(bool, data["periodic"])),
+                           data["values"].astype(float), json.loads(str(data["meta"])))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{path} is not a cgflow bias.npz: {' '.join(str(exc).split())}") from None
+        if cv_names is not None and bias.names != tuple(cv_names):
+            raise InputError(f"{path} is a bias on the CVs {list(bias.names)}, not on this system's {list(cv_names)}")
+        return bias

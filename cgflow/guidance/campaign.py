@@ -34,7 +34,7 @@ def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
     from cgflow.analysis.reweight import attach_weights
     from cgflow.guidance.policy import levelled_weights
 
-    df = attach_weights(read_samples(sample_paths)[0], weights_path)
+    df = attach_weights(campaign, read_samples(campaign, sample_paths)[0], weights_path)
     if "connected" in df:
         lower, upper, _ = cv_domain(campaign)
         df["weight"] = levelled_weights(df[list(campaign.system.cv_names)].to_numpy(), df["weight"].to_numpy(),
@@ -51,7 +51,7 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
     t0 = time.perf_counter()
     g, kT = campaign.guidance, campaign.sampling.kT
     names = list(campaign.system.cv_names)
-    model, _ = load(model_path)
+    model, _ = load(model_path, names)
     grid = model_grid(campaign)
     lower, upper, periodic = cv_domain(campaign)
 
@@ -159,7 +159,7 @@ def _write_starts(campaign, round_index, df, eps, grid, target, out_starts, roun
     from cgflow.analysis.campaign import cv_domain
     from cgflow.analysis.tram import markov_states
     from cgflow.guidance.seeding import cell_quotas, choose_starts, frontier_scores
-    from cgflow.io import atomic_path
+    from cgflow.io import write_npz
 
     names = list(campaign.system.cv_names)
     g = campaign.guidance
@@ -188,10 +188,8 @@ def _write_starts(campaign, round_index, df, eps, grid, target, out_starts, roun
     frames, seeded = choose_starts(last, scores, cells(cv, g.seed_cells), quotas, g.seed_fraction, rng)
     chosen = latest.iloc[frames]
     positions = _positions(campaign, chosen, round_dir)
-    with atomic_path(out_starts) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, positions=positions, source_walker=chosen["walker"].to_numpy(),
-                     source_step=chosen["step"].to_numpy(), reseeded=seeded)
+    write_npz(out_starts, positions=positions, source_walker=chosen["walker"].to_numpy(),
+              source_step=chosen["step"].to_numpy(), reseeded=seeded)
     return positions, seeded
 
 

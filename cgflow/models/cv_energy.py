@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cgflow.io import atomic_path
+from cgflow.io import InputError, write_torch
 
 MODEL_NAME = "CVEnergyEnsemble"
 """The ``model`` entry of a stored architecture; :func:`load` refuses files of other models."""
@@ -205,18 +205,25 @@ def save(model: CVEnergyEnsemble, path: str | os.PathLike, meta: dict) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": json.dumps({**meta, "architecture": model.architecture}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    write_torch(path, blob)
 
 
-def load(path: str | os.PathLike) -> tuple[CVEnergyEnsemble, dict]:
+def load(path: str | os.PathLike, cv_names=None) -> tuple[CVEnergyEnsemble, dict]:
     """Read a :func:`save` file (weights-only unpickling, onto the CPU); return the model and the
-    caller's meta (without the architecture, which the model carries as attributes)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta = json.loads(blob["meta"])
+    caller's meta (without the architecture, which the model carries as attributes). With
+    ``cv_names``, the model must be one on exactly these CVs."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(blob["meta"])
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        raise InputError(f"{path} is not a cgflow cg.pt: {' '.join(str(exc).split())[:200]}") from None
     arch = meta.pop("architecture", {})
     if arch.pop("model", None) != MODEL_NAME:
-        raise ValueError(f"{path} does not hold a {MODEL_NAME}")
+        raise InputError(f"{path} does not hold a {MODEL_NAME}")
+    if cv_names is not None and meta.get("cv_names") != list(cv_names):
+        raise InputError(f"{path} is a CG model on the CVs {meta.get('cv_names')}, not on this system's {list(cv_names)}")
     model = CVEnergyEnsemble(**arch)
     model.load_state_dict(blob["state_dict"])
     return model, meta

@@ -90,7 +90,7 @@ def fg_pairs(campaign, geometry, samples: list[Path]) -> tuple[np.ndarray, np.nd
     needed for either use."""
     from cgflow.analysis.campaign import read_samples
 
-    frames, _ = read_samples(samples)
+    frames, _ = read_samples(campaign, samples)
     if not campaign.system.is_toy:
         return frames[list(campaign.system.cv_names)].to_numpy(dtype=float), None
     r = frames[[f"{c}_nm" for c in geometry.coordinates]].to_numpy(dtype=float)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import zuko
 
-from cgflow.io import atomic_path, write_json
+from cgflow.io import write_json, write_torch
 
 
 class ConditionalFlow(torch.nn.Module):
@@ -94,15 +94,20 @@ class ConditionalFlow(torch.nn.Module):
 
 def save_flow(flow: ConditionalFlow, pt_path, json_path, meta: dict | None = None) -> None:
     """Write the state dict to ``pt_path`` and hyper-parameters + ``meta`` to ``json_path``, atomically."""
-    with atomic_path(pt_path) as tmp:
-        torch.save(flow.state_dict(), tmp)
+    write_torch(pt_path, flow.state_dict())
     write_json(json_path, {"flow": flow.config(), **(meta or {})})
 
 
 def load_flow(pt_path, json_path) -> tuple[ConditionalFlow, dict]:
     """Rebuild a flow from ``flow.pt`` (weights only) and ``flow.json``; returns (flow, the JSON)."""
-    info = json.loads(Path(json_path).read_text())
-    flow = ConditionalFlow(**info["flow"])
+    from cgflow.io import InputError
+
+    try:
+        info = json.loads(Path(json_path).read_text())
+        hparams = info["flow"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(f"{json_path} is not a flow.json (the flow's settings, written beside flow.pt)") from None
+    flow = ConditionalFlow(**hparams)
     flow.load_state_dict(torch.load(pt_path, weights_only=True))
     flow.eval()
     return flow, info

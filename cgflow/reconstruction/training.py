@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import load_checkpoint, save_checkpoint
+from cgflow.io import load_checkpoint, write_torch
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def train(flow, energy, conditioning: Conditioning, settings: TrainSettings, kT:
                      "rng": torch.get_rng_state(), "history": history,
                      "evaluations": evaluations_before + energy.evaluations - evaluations0,
                      "wall_s": wall_before + time.perf_counter() - t0}
-            save_checkpoint(checkpoint, state)
+            write_torch(checkpoint, state)
     flow.eval()
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)

@@ -10,10 +10,15 @@ writing garbage.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
+
+from cgflow.io import PROGRESS_EVERY_S
+
+log = logging.getLogger(__name__)
 
 KB = 0.0083144626181532
 
@@ -59,7 +64,7 @@ def langevin_md(model, x0: torch.Tensor, masses, temperature: float, timestep: f
     h = timestep
     e, f = forces(x)
     frames, energies = [], []
-    t0 = time.perf_counter()
+    t0 = last_log = time.perf_counter()
     for step in range(1, n_steps + 1):
         x_prev = x
         v = v + 0.5 * h * f / m
@@ -81,6 +86,11 @@ def langevin_md(model, x0: torch.Tensor, masses, temperature: float, timestep: f
         if step % report_interval == 0:
             frames.append(x.cpu())
             energies.append(e.cpu())
+            if time.perf_counter() - last_log >= PROGRESS_EVERY_S:
+                last_log = time.perf_counter()
+                rate = step / (last_log - t0)
+                log.info("CG MD: %d/%d steps of %d replicas, %.3g steps/s, ETA %.0f s", step, n_steps, x.shape[0],
+                         rate, (n_steps - step) / rate)
     wall = time.perf_counter() - t0
     pos = torch.stack(frames) if frames else torch.zeros((0, *x.shape), dtype=x.dtype)
     en = torch.stack(energies) if energies else torch.zeros((0, x.shape[0]), dtype=x.dtype)
@@ -93,14 +103,12 @@ def save_trajectory(traj: CGTrajectory, path, topology=None, box: float | None =
 
     import numpy as np
 
-    from cgflow.io import atomic_path
+    from cgflow.io import atomic_path, write_npz
 
     path = Path(path)
     xyz = traj.positions.transpose(0, 1).reshape(-1, traj.positions.shape[2], 3).numpy()  # replica-major
     if topology is None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, positions=xyz, energies=traj.energies.T.numpy(), box=box or 0.0)
+        write_npz(path, positions=xyz, energies=traj.energies.T.numpy(), box=box or 0.0)
         return
     import mdtraj
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path, remove_tree, write_json
+from cgflow.io import PROGRESS_EVERY_S, remove_tree, write_json, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -216,21 +216,16 @@ class Replica:
                                f"by step {self.step}: the MD blew up (a timestep too long for this system, or walkers "
                                "started where the force is not finite); nothing of it was saved")
         cv = b["cv"] if self.system.shares_context else self.system.cv_values(positions)
-        with atomic_path(self.folder / f"chunk-{self.step:010d}.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    end_step=self.step,
-                    step=np.asarray(b["step"], dtype=np.int64),
-                    positions=positions,
-                    cv=np.asarray(cv, dtype=float).reshape(-1, n, n_cv),
-                    potential=np.asarray(b["potential"], dtype=float).reshape(-1, n),
-                    bias=np.asarray(b["bias"], dtype=float).reshape(-1, n),
-                    wall_s=self.wall,
-                    **({"forces": np.asarray(b["forces"], dtype=float).reshape(-1, n_particles, 3)}
-                       if self.record_forces else {}),
-                    checkpoint=np.frombuffer(self.context.createCheckpoint(), dtype=np.uint8),
-                )
+        write_npz(self.folder / f"chunk-{self.step:010d}.npz", end_step=self.step,
+                  step=np.asarray(b["step"], dtype=np.int64),
+                  positions=positions,
+                  cv=np.asarray(cv, dtype=float).reshape(-1, n, n_cv),
+                  potential=np.asarray(b["potential"], dtype=float).reshape(-1, n),
+                  bias=np.asarray(b["bias"], dtype=float).reshape(-1, n),
+                  wall_s=self.wall,
+                  **({"forces": np.asarray(b["forces"], dtype=float).reshape(-1, n_particles, 3)}
+                     if self.record_forces else {}),
+                  checkpoint=np.frombuffer(self.context.createCheckpoint(), dtype=np.uint8))
         wall = self.wall
         self._reset()
         return wall
@@ -265,7 +260,7 @@ class Progress:
     Each replica reports where it starts (:meth:`start`: its checkpoint's step when resumed), so
     the rate and the time left count only the steps this process runs."""
 
-    def __init__(self, total_walker_steps: int, every: float = 10.0):
+    def __init__(self, total_walker_steps: int, every: float = PROGRESS_EVERY_S):
         self.total, self.every = total_walker_steps, every
         self.done: dict[int, int] = {}
         self.resumed: dict[int, int] = {}

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.guidance.bias import BiasGrid
-from cgflow.io import atomic_path
+from cgflow.io import write_npz
 
 FILE = "hills.npz"
 
@@ -118,13 +118,11 @@ class Hills:
         """``hills.npz``: the CG grid (``base``), H after 0, 1, ... depositions (``hills``,
         kJ/mol), the grid's domain and the settings."""
         b = self.base
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, base=b.values, hills=np.array(self.history), names=np.array(b.names),
-                         lower=np.array(b.lower), upper=np.array(b.upper), periodic=np.array(b.periodic),
-                         height=self.settings.height, width=np.array(self.settings.width),
-                         interval=self.settings.interval, gamma=self.settings.gamma, kT=self.settings.kT,
-                         equilibration=equilibration)
+        write_npz(path, base=b.values, hills=np.array(self.history), names=np.array(b.names),
+                  lower=np.array(b.lower), upper=np.array(b.upper), periodic=np.array(b.periodic),
+                  height=self.settings.height, width=np.array(self.settings.width),
+                  interval=self.settings.interval, gamma=self.settings.gamma, kT=self.settings.kT,
+                  equilibration=equilibration)
 
     @classmethod
     def load(cls, path: Path) -> tuple["Hills", int]:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import atomic_path, package_versions, remove_tree, write_parquet
+from cgflow.io import package_versions, remove_tree, write_npz, write_parquet
 from cgflow.sampling.engine import MDSettings, ReplicaFrames, check_consecutive, fg_frame, open_run, replica_seed
 from cgflow.sampling.platform import platform_properties
 
@@ -210,11 +210,9 @@ class _Chunk:
         arrays = {f"frame_{k}": v for k, v in self.frames.items()}
         arrays |= {f"hill_{k}": v for k, v in self.hills.items()}
         arrays |= {f"snap_{k}": v for k, v in self.snapshots.items()}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, end_step=self.end_step, positions=self.positions, velocities=self.velocities,
-                         checkpoint=np.frombuffer(self.checkpoint, dtype=np.uint8), wall_s=self.wall_s,
-                         **arrays, **self.bias)
+        write_npz(path, end_step=self.end_step, positions=self.positions, velocities=self.velocities,
+                  checkpoint=np.frombuffer(self.checkpoint, dtype=np.uint8), wall_s=self.wall_s,
+                  **arrays, **self.bias)
 
     @classmethod
     def load(cls, path: Path) -> "_Chunk":
@@ -419,9 +417,7 @@ def write_snapshots(campaign, chunks: list[_Chunk], path: Path) -> dict:
     arrays = {"budget_steps": steps * campaign.sampling.walkers, "F": np.array(F),
               "counts": np.array(counts, dtype=np.int64), "cv_names": np.array(campaign.system.cv_names),
               **{f"edges_{i}": e for i, e in enumerate(edges)}, **{f"hills_{k}": v for k, v in hills.items()}}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    write_npz(path, **arrays)
     return arrays
 
 

@@ -131,15 +131,13 @@ def frames_table(frames: list[ReplicaFrames], cv_names, timestep: float, toy: bo
 
 def write_forces(frames: list[ReplicaFrames], path: Path) -> None:
     """``forces.npz`` of one molecule round (one walker per replica), rows ordered as samples.parquet."""
-    from cgflow.io import atomic_path
+    from cgflow.io import write_npz
 
     ordered = sorted(frames, key=lambda fr: fr.walkers[0])
     walker = np.concatenate([np.full(len(fr.step), fr.walkers[0], dtype=np.int32) for fr in ordered])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, walker=walker, step=np.concatenate([fr.step for fr in ordered]),
-                     positions=np.concatenate([fr.positions for fr in ordered]),
-                     forces=np.concatenate([fr.forces for fr in ordered]))
+    write_npz(path, walker=walker, step=np.concatenate([fr.step for fr in ordered]),
+              positions=np.concatenate([fr.positions for fr in ordered]),
+              forces=np.concatenate([fr.forces for fr in ordered]))
 
 
 def write_trajectories(system, frames: list[ReplicaFrames], traj_dir: Path, timestep: float) -> None:
@@ -171,7 +169,7 @@ def run(campaign, round_index: int, out_dir: Path, bias_path: Path | None = None
     comm, rank, size = world()
     t0 = time.perf_counter()
     with aborting_all_on_error(comm):
-        bias = BiasGrid.load(bias_path) if bias_path else None
+        bias = BiasGrid.load(bias_path, campaign.system.cv_names) if bias_path else None
         settings = HillSettings.from_campaign(campaign) if hills else None
         layer = Hills(bias if bias is not None else zero_bias(campaign), settings) if settings else None
         starts = None

@@ -96,18 +96,10 @@ def rounds_mapped(campaign, sample_paths, force_paths, weights_path) -> dict:
         meta = read_provenance(samples)
         steps, wall = steps + meta["fg_steps"], wall + meta["md_wall_s"]
         platforms.update(meta["platform"].split(","))
-    weights = attach_weights(pd.concat(keys, ignore_index=True), weights_path)["weight"].to_numpy()
+    weights = attach_weights(campaign, pd.concat(keys, ignore_index=True), weights_path)["weight"].to_numpy()
     data = mapped_frames(AlanineDipeptide(campaign.system.solvent), np.concatenate(positions), np.concatenate(forces),
                          campaign.sampling.temperature, steps / max(wall, 1e-9), weights)
     return {**data, "platform": ",".join(sorted(platforms))}
-
-
-def save_npz(path, data: dict) -> None:
-    from cgflow.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **data)
 
 
 def build_model(x_fg: np.ndarray, kT: float, network: str = "pair_mlp", hidden=(64, 64), n_rbf: int = 16,
@@ -275,12 +267,9 @@ def cg_md(model, data: dict, timestep: float, steps: int, replicas: int, report_
 def save_model(model, path, meta: dict) -> None:
     import json
 
-    import torch
+    from cgflow.io import write_torch
 
-    from cgflow.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": json.dumps(meta)}, tmp)
+    write_torch(path, {"state_dict": model.state_dict(), "meta": json.dumps(meta)})
 
 
 # --- campaign entry points (cgflow cg-sample / cg-train) -----------------------------------
@@ -295,7 +284,7 @@ def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None 
     the rounds' (samples, forces, weights) files when given (``cg.fg_data: rounds``), else from the
     stage's own unbiased FG run, whose work folder goes once the data are written (also when a
     killed own run left it and the config has since switched to the rounds)."""
-    from cgflow.io import remove_tree
+    from cgflow.io import remove_tree, write_npz
 
     workdir = out.parent / ".work-fg"
     if rounds is not None:
@@ -307,7 +296,7 @@ def write_fg_mapped(campaign, out: Path, rounds: tuple[list, list, Path] | None 
     else:
         data = own_fg_run(campaign, workdir)
         log.info("FG mapped data: %d frames at %.0f steps/s", len(data["x"]), data["steps_per_s"])
-    save_npz(out, data)
+    write_npz(out, **data)
     remove_tree(workdir)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from cgflow.analysis.fes import resampled_blocks
-from cgflow.io import load_checkpoint, save_checkpoint
+from cgflow.io import load_checkpoint, write_torch
 from cgflow.models.cv_energy import CVEnergyEnsemble, Grid
 from cgflow.sampling.cg_langevin import langevin as run_langevin
 
@@ -196,7 +196,7 @@ def fit(
                      "wall_s": resumed_wall + time.perf_counter() - t0}
             if model_average == "langevin":
                 state.update(generator=generator.get_state(), chains=chains)
-            save_checkpoint(checkpoint, state)
+            write_torch(checkpoint, state)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     history["resumed_wall_s"] = resumed_wall

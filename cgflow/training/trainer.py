@@ -19,9 +19,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
+
+from cgflow.io import PROGRESS_EVERY_S
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +145,11 @@ class Trainer:
                                    f"at epoch {len(self.history)}; lower the learning rate")
 
     def _save(self) -> None:
-        from cgflow.io import save_checkpoint
+        from cgflow.io import write_torch
 
         if self.checkpoint is None:
             return
-        save_checkpoint(self.checkpoint, {
+        write_torch(self.checkpoint, {
             "signature": self.signature, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "history": self.history, "best": self.best, "best_state": self.best_state, "stale": self.stale,
             "stopped": self.stopped, "generator": self.generator.get_state(),
@@ -169,7 +172,13 @@ class Trainer:
 
     def fit(self) -> "Trainer":
         self._resume()
+        last_log = time.perf_counter()
         while not self.stopped and len(self.history) < self.max_epochs:
+            if self.history and time.perf_counter() - last_log >= PROGRESS_EVERY_S:
+                last_log = time.perf_counter()
+                r = self.history[-1]
+                log.info("%s epoch %d/%d: loss %.4g%s", type(self).__name__, len(self.history), self.max_epochs,
+                         r["loss"], f", validation {r['val_loss']:.4g}" if r.get("val_loss") is not None else "")
             record = self.epoch()
             self._check(record)
             record["epoch"] = len(self.history)

@@ -94,3 +94,16 @@ def test_an_early_stopped_trainer_resumed_trains_no_further_and_other_data_start
         assert torch.equal(a, b)
     other = make("data-b", 2 * f).fit()  # other forces: trained from the start, on them
     assert other.history[0]["epoch"] == 0 and other.history[0]["val_loss"] != first.history[0]["val_loss"]
+
+
+def test_long_training_logs_its_progress(monkeypatch, caplog):
+    import cgflow.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", 0.0)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(200, 1))
+    with caplog.at_level("INFO", logger="cgflow.training.trainer"):
+        ForceMatching(RBFEnergy(), x, -20.0 * x * (x**2 - 1), batch_size=100, lr=0.5, max_epochs=4, patience=50,
+                      seed=0).fit()
+    epochs = [r.getMessage().split()[2] for r in caplog.records if " epoch " in r.getMessage()]
+    assert epochs == ["1/4:", "2/4:", "3/4:"]

@@ -42,3 +42,14 @@ def test_repeatable_and_saved_as_npz(tmp_path):
     save_trajectory(a, tmp_path / "t.npz")
     with np.load(tmp_path / "t.npz") as data:
         assert data["positions"].shape == (15, 2, 3)
+
+
+def test_long_cg_md_logs_its_progress(monkeypatch, caplog):
+    import cgflow.sampling.cg_md as cg_md
+
+    monkeypatch.setattr(cg_md, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="cgflow.sampling.cg_md"):
+        langevin_md(Harmonic(100.0), torch.zeros(3, 2, 3, dtype=torch.float64), [12.0, 12.0], 300.0, 0.002, 50,
+                    report_interval=10, generator=torch.Generator().manual_seed(7))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CG MD:")]
+    assert [line.split()[2] for line in lines] == ["10/50", "20/50", "30/50", "40/50", "50/50"]

@@ -166,3 +166,24 @@ def test_shipped_alanine_reference_against_static_bias_md(tmp_path):
     # measured 0.13 kT, the 80k frames' noise (0.18 kT when the reference was read at the bin
     # centres, not integrated over the bins as a histogram is)
     assert rmse < 0.3, rmse
+
+
+def test_a_reference_being_computed_by_another_job_is_waited_for_not_recomputed(monkeypatch, tmp_path):
+    import fcntl
+    import threading
+
+    c = _toy()
+    settings = LongMetadSettings.for_campaign(c, **TOY_SHORT)
+    key = cache_key(c, settings)
+    monkeypatch.setattr(ref_mod, "compute", lambda *a, **k: pytest.fail("recomputed a reference being computed"))
+    found = []
+    with open(tmp_path / f"reference-{key}.lock", "w") as other_job:
+        fcntl.flock(other_job, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: found.append(ref_mod.metadynamics_long(c, settings, [tmp_path])))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive()  # waiting on the lock, not computing
+        (tmp_path / f"reference-{key}.csv").write_text("x,F_kJmol\n0,0\n")
+        (tmp_path / f"reference-{key}.json").write_text("{}")
+    waiter.join(10)
+    assert found == [tmp_path / f"reference-{key}.csv"]
