@@ -37,7 +37,6 @@ include: "workflow/rules/ccg.smk"
 # in the queue for longer than it takes.
 localrules:
     all,
-    campaign_config,
     plots,
 
 

@@ -7,7 +7,6 @@ written by the workflow's first rule) so a job depends on nothing but its input 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -45,20 +44,6 @@ def cmd_validate(args) -> None:
         print(f"results/{campaign.name}")
     else:
         print(yaml.safe_dump(campaign.resolved, sort_keys=False), end="")
-
-
-def cmd_write_config(args) -> None:
-    import yaml
-
-    from cgflow.config import load_config
-    from cgflow.io import InputError, write_text
-
-    try:
-        resolved = json.loads(args.json)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--json is not JSON text: {exc}") from None
-    campaign = load_config(resolved)
-    write_text(args.out, yaml.safe_dump(campaign.resolved, sort_keys=False))
 
 
 def cmd_sample(args) -> None:
@@ -186,11 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--results-dir", action="store_true", help="print only the campaign's results folder")
     p.set_defaults(func=cmd_validate)
-
-    p = sub.add_parser("write-config", help="write the resolved config (JSON text) as YAML")
-    p.add_argument("--json", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_write_config)
 
     p = sub.add_parser("install-profile", help="copy profiles/slurm to Snakemake's user config folder, so that "
                        "`snakemake --profile slurm` finds it from anywhere")

@@ -385,7 +385,8 @@ class Campaign:
         """Hash of the config keys a stage's result depends on (so e.g. analysis-only edits
         do not rerun or invalidate sampling). ``guidance`` covers the biased rounds (training,
         bias, later sampling); the number of rounds is left out, so adding rounds keeps the
-        earlier ones. ``ccg`` covers the reconstruction flow (not its estimation keys); ``cg_data``
+        earlier ones, and so is ``sampling.checkpoint_interval``, so checkpointing more often on a
+        preemptible queue keeps the finished rounds. ``ccg`` covers the reconstruction flow (not its estimation keys); ``cg_data``
         the bead-CG stage's FG data, ``cg`` its models."""
         if stage in ("cg_data", "cg"):
             c = self.resolved["cg"]
@@ -401,6 +402,8 @@ class Campaign:
                                 "flow": c["flow"], "train": c["train"]})
         keys = {"sampling": ("seed", "system", "sampling"), "guidance": ("seed", "system", "sampling", "guidance")}
         chosen = {k: self.resolved[k] for k in keys[stage]}
+        # how often a run checkpoints does not change what it samples (the work folder's manifest keeps it)
+        chosen["sampling"] = {k: v for k, v in chosen["sampling"].items() if k != "checkpoint_interval"}
         if "guidance" in chosen:
             chosen["guidance"] = {k: v for k, v in chosen["guidance"].items() if k != "rounds"}
         return config_hash(chosen)

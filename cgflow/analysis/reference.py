@@ -85,14 +85,17 @@ def cache_dir() -> Path:
 
 def key_material(campaign, settings: LongMetadSettings) -> dict:
     """Everything the reference depends on: the system section (type, solvent, potential, CVs,
-    ...), the temperature, the analysis bin edges, the long settings and KEY_VERSION. Not the
-    campaign's name, seed, budget, rounds or analysis options other than the bins."""
-    from cgflow.analysis.campaign import cv_edges
+    ...), the temperature, the analysis bin edges, the long settings and KEY_VERSION (and, for
+    non-periodic CVs, how far the bias grid reaches past the bins). Not the campaign's name,
+    seed, budget, rounds or analysis options other than the bins."""
+    from cgflow.analysis.campaign import cv_domain, cv_edges
+    from cgflow.sampling.metadynamics import GRID_MARGIN_WIDTHS
 
+    margin = {} if all(cv_domain(campaign)[2]) else {"grid_margin_widths": GRID_MARGIN_WIDTHS}
     return {"version": KEY_VERSION, "system": campaign.resolved["system"],
             "temperature": float(campaign.sampling.temperature),
             "edges": [np.round(e, 9).tolist() for e in cv_edges(campaign)],
-            "metadynamics": settings.key_fields()}
+            "metadynamics": {**settings.key_fields(), **margin}}
 
 
 def cache_key(campaign, settings: LongMetadSettings | None = None) -> str:

@@ -354,6 +354,7 @@ def open_run(workdir: Path, job: dict, sampling, trial_context) -> tuple[str, di
     pinned = sampling.pin_cpu and sampling.platform in ("auto", "CPU", "Reference")
     if pinned:
         pin_to_free_core()
+    job = {**job, "checkpoint_interval": sampling.checkpoint_interval}  # where the chunks end
     platform, threads = open_workdir(workdir, job, lambda: choose_platform(sampling.platform, trial_context),
                                      cpu_threads(pinned))
     # counting GPUs may import torch (~1 s): only a GPU platform needs the device index

@@ -22,10 +22,14 @@ whole run is reproducible from the campaign seed. The bias factor is ``guidance.
 F/gamma that cgflow's well-tempered target aims at, but a gamma that suits cgflow may not suit
 metadynamics (on Müller-Brown, 2 against 8), and a peer is compared at its own best.
 
-Toy CVs are clamped to their analysis range, ``min(max(cv, lower), upper)``: OpenMM's
-tabulated bias is zero outside its grid, and a walker that crossed the edge would fall off a
-bias cliff into the potential's wall; clamped, the bias is constant beyond the grid, as
-cgflow's own bias (:class:`cgflow.guidance.bias.BiasGrid`) is.
+Toy CVs are clamped to the bias grid, ``min(max(cv, lower), upper)``: OpenMM's tabulated bias
+is zero outside its grid, and a walker that crossed the edge would fall off a bias cliff into
+the potential's wall; clamped, the bias is constant beyond the grid, as cgflow's own bias
+(:class:`cgflow.guidance.bias.BiasGrid`) is. A walker past the edge then deposits its Gaussians
+at the edge, so they pile up there; the grid of a non-periodic CV therefore reaches
+``GRID_MARGIN_WIDTHS`` Gaussian widths past the analysis range, where the pile-up cannot
+distort the free energy that is scored. (Without the margin, Müller-Brown's three bins at the
+x = -1.5 edge, 3.4-4.1 kT up and scored, came out 1.0-1.8 kT too deep on four seeds.)
 
 Checkpoints. The run goes in chunks (a chunk closes at the first sweep boundary at or after
 each multiple of ``checkpoint_interval`` per-walker steps, so the chunking never changes the
@@ -60,17 +64,24 @@ METAD_STREAM = 2000
 """Seed stream of the metadynamics peer (walker velocities; +1: the shared integrator)."""
 
 
+GRID_MARGIN_WIDTHS = 6.0
+"""How far (in Gaussian widths) a non-periodic CV's bias grid reaches past its analysis range."""
+
+
 @dataclass(frozen=True)
 class MetadSettings:
-    """Well-tempered metadynamics on the analysis CV domain (kJ/mol; CV units: nm or rad)."""
+    """Well-tempered metadynamics on a grid over the analysis CV domain, widened by
+    ``GRID_MARGIN_WIDTHS`` widths for non-periodic CVs (kJ/mol; CV units: nm or rad)."""
 
     height: float
     width: tuple[float, ...]
     frequency: int
-    grid: int
+    grid: tuple[int, ...]
+    """Bias grid points per CV: ``analysis.metadynamics.grid`` over the analysis range, plus the margin's."""
     bias_factor: float
     lower: tuple[float, ...]
     upper: tuple[float, ...]
+    """The bias grid's range per CV."""
     periodic: tuple[bool, ...]
 
     @classmethod
@@ -81,13 +92,17 @@ class MetadSettings:
         lower, upper, periodic = cv_domain(campaign)
         m = campaign.analysis.metadynamics
         width = tuple(m["width"] if "width" in m else (hi - lo) / 20 for lo, hi in zip(lower, upper))
-        return cls(float(m.get("height", campaign.sampling.kT / 2)), width, int(m["frequency"]), int(m["grid"]),
-                   float(m.get("bias_factor", campaign.guidance.gamma)), lower, upper, periodic)
+        spacing = [(hi - lo) / (m["grid"] - 1) for lo, hi in zip(lower, upper)]
+        extra = [0 if p else int(np.ceil(GRID_MARGIN_WIDTHS * w / h)) for p, w, h in zip(periodic, width, spacing)]
+        return cls(float(m.get("height", campaign.sampling.kT / 2)), width, int(m["frequency"]),
+                   tuple(int(m["grid"]) + 2 * e for e in extra), float(m.get("bias_factor", campaign.guidance.gamma)),
+                   tuple(lo - e * h for lo, e, h in zip(lower, extra, spacing)),
+                   tuple(hi + e * h for hi, e, h in zip(upper, extra, spacing)), periodic)
 
     def axes(self) -> list[np.ndarray]:
         """The bias grid's points per CV (OpenMM spaces ``grid`` points over [lower, upper],
         both ends included, whatever getFreeEnergy's docstring says)."""
-        return [np.linspace(lo, hi, self.grid) for lo, hi in zip(self.lower, self.upper)]
+        return [np.linspace(lo, hi, n) for lo, hi, n in zip(self.lower, self.upper, self.grid)]
 
 
 class SharedBias:
@@ -159,7 +174,7 @@ def _bias_variables(system, settings: MetadSettings) -> list:
 
             force = openmm.CustomTorsionForce("theta")
             force.addTorsion(*{"phi": PHI_ATOMS, "psi": PSI_ATOMS}[name], [])
-        variables.append(BiasVariable(force, lo, hi, settings.width[i], settings.periodic[i], settings.grid))
+        variables.append(BiasVariable(force, lo, hi, settings.width[i], settings.periodic[i], settings.grid[i]))
     return variables
 
 
@@ -346,7 +361,7 @@ def sample_metadynamics(campaign, out_dir: Path) -> tuple[list[ReplicaFrames], l
     else:
         step = 0
         positions, velocities = _fresh_walkers(system, simulation, n_walkers, sampling.temperature, campaign.seed)
-    grid_shape = (metad.grid,) * n_cvs
+    grid_shape = metad.grid
     recorder, t0, chunk_start = _Recorder(system, grid_shape), time.perf_counter(), step
     for end in [e for e in sweeps if e > step]:
         for w in range(n_walkers):

@@ -162,19 +162,21 @@ class ToySystem:
         return pos
 
     # --- quadrature -----------------------------------------------------------------------
-    def _grid(self, points_per_dim: int | None = None):
-        """Cell centres and cell volume of a regular grid over the box in the used coordinates."""
-        dims = self.coordinates
-        n = points_per_dim or {1: 20000, 2: 1000, 3: 120}[max(len(dims), 1)]
-        axes = []
-        volume = 1.0
-        for c in dims:
+    def _axes(self, points: dict[str, int]) -> tuple[list[np.ndarray], float]:
+        """Cell centres per used coordinate (``points[c]`` cells over the box) and the cell volume."""
+        axes, volume = [], 1.0
+        for c in self.coordinates:
             lo, hi = self.box[c]
-            h = (hi - lo) / n
-            axes.append(lo + h * (np.arange(n) + 0.5))
+            h = (hi - lo) / points[c]
+            axes.append(lo + h * (np.arange(points[c]) + 0.5))
             volume *= h
+        return axes, volume
+
+    def _grid(self, points_per_dim: int):
+        """Cell centres and cell volume of a regular grid over the box in the used coordinates."""
+        axes, volume = self._axes({c: points_per_dim for c in self.coordinates})
         mesh = np.meshgrid(*axes, indexing="ij")
-        return {c: m.ravel() for c, m in zip(dims, mesh)}, volume
+        return {c: m.ravel() for c, m in zip(self.coordinates, mesh)}, volume
 
     def grid_minimum(self, points_per_dim: int = 200) -> tuple[dict[str, float], bool]:
         """The lowest grid point in the box and whether it lies on the box's edge."""
@@ -203,21 +205,44 @@ class ToySystem:
         return out
 
     def reference_fes(self, edges: list[np.ndarray], temperature: float) -> np.ndarray:
-        """Exact bin-integrated PMF on the given CV bins, kJ/mol, min 0, NaN where zero weight."""
-        coords, volume = self._grid()
+        """Exact bin-integrated PMF on the given CV bins, kJ/mol, min 0, NaN where zero weight.
+
+        Midpoint quadrature over the box, each cell counted in the bin of its centre. Along the
+        coordinates the CVs use there are at least ``CELLS_PER_BIN`` cells per bin: with 2.4 (3-D
+        at 120 cells per coordinate, 50 bins), which bin got each cell's whole weight aliased the
+        PMF by 0.2 kT RMSE. The grid goes through in slabs of the first coordinate."""
+        dims = self.coordinates
+        base = {1: 20000, 2: 1000, 3: 120}[max(len(dims), 1)]
+        on_cv = set().union(*(cv.fn.variables for cv in self.cvs))
+        bins = max(len(e) - 1 for e in edges)
+        axes, volume = self._axes({c: max(base, CELLS_PER_BIN * bins) if c in on_cv else base for c in dims})
         kT = KB * temperature
-        with np.errstate(all="ignore"):
-            logw = -self.potential(**{c: coords[c] for c in self.potential.variables}) / kT
-        logw = np.where(np.isfinite(logw), logw, -np.inf)
-        s = np.stack([cv.fn(**{c: coords[c] for c in cv.fn.variables}) for cv in self.cvs], axis=-1)
-        shift = logw.max()
-        mass, _ = np.histogramdd(s, bins=edges, weights=np.exp(logw - shift) * volume)
+        slab = max(1, int(QUADRATURE_CHUNK // max(np.prod([len(a) for a in axes[1:]]), 1)))
+        parts = []
+        for start in range(0, len(axes[0]), slab):
+            mesh = np.meshgrid(axes[0][start:start + slab], *axes[1:], indexing="ij")
+            coords = {c: m.ravel() for c, m in zip(dims, mesh)}
+            with np.errstate(all="ignore"):
+                logw = -self.potential(**{c: coords[c] for c in self.potential.variables}) / kT
+            logw = np.where(np.isfinite(logw), logw, -np.inf)
+            s = np.stack([cv.fn(**{c: coords[c] for c in cv.fn.variables}) for cv in self.cvs], axis=-1)
+            top = logw.max()
+            if np.isfinite(top):
+                parts.append((np.histogramdd(s, bins=edges, weights=np.exp(logw - top) * volume)[0], top))
+        shift = max(top for _, top in parts)
+        mass = sum(part * np.exp(top - shift) for part, top in parts)
         widths = np.meshgrid(*[np.diff(e) for e in edges], indexing="ij")
         bin_volume = np.prod(widths, axis=0)
         with np.errstate(divide="ignore"):
             F = -kT * np.log(mass / bin_volume)
         F[~np.isfinite(F)] = np.nan
         return F - np.nanmin(F)
+
+
+CELLS_PER_BIN = 20
+"""The toys' exact PMF has at least this many quadrature cells per bin along a CV's coordinates."""
+QUADRATURE_CHUNK = 4_000_000
+"""Grid points evaluated at once by the toys' quadrature (memory: a few hundred MB)."""
 
 
 def _split(positions: np.ndarray) -> dict[str, np.ndarray]:

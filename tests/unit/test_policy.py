@@ -17,19 +17,24 @@ def free_energy(x):
     return 3 * KT * (x**2 - 1) ** 2 + 0.5 * KT * x
 
 
+@pytest.mark.parametrize("old_bias", [0.0, 0.9], ids=["unbiased frames", "frames of a biased round"])
 @pytest.mark.parametrize("gamma", [4.0, 8.0])
-def test_ves_minimiser_is_the_well_tempered_bias(gamma):
-    """Exact unbiased samples of F and the target exp(-F/(gamma kT)) where they are (the trust
-    region): the fitted bias is -(1 - 1/gamma) F up to a constant, from the samples alone."""
+def test_ves_minimiser_is_the_well_tempered_bias(gamma, old_bias):
+    """Exact samples of F (or of F under an earlier round's bias -old_bias F, with their unbiased
+    weights exp(+V/kT)) and the target exp(-F/(gamma kT)) where they are (the trust region): the
+    fitted bias is -(1 - 1/gamma) F up to a constant, from the samples alone."""
     grid = np.linspace(-2, 2, 2001)
-    p = np.exp(-free_energy(grid) / KT)
+    V_old = -old_bias * free_energy(grid)
+    p = np.exp(-(free_energy(grid) + V_old) / KT)
     rng = np.random.default_rng(0)
-    cv = rng.choice(grid, size=40000, p=p / p.sum())[:, None] + rng.uniform(-1e-3, 1e-3, (40000, 1))
+    drawn = rng.choice(len(grid), size=40000, p=p / p.sum())
+    cv = grid[drawn][:, None] + rng.uniform(-1e-3, 1e-3, (40000, 1))
+    weights = np.exp((V_old[drawn] - V_old[drawn].max()) / KT)
     basis = Basis((-2.0,), (2.0,), (False,), 10)
     points = grid[:, None]
     sampled = free_energy(grid) - free_energy(grid).min() < 5 * KT
     trusted = (free_energy(cv[:, 0]) - free_energy(grid).min() < 5 * KT).astype(float)
-    policy = fit_policy(basis, cv, np.full(len(cv), 1 / len(cv)), trusted, points,
+    policy = fit_policy(basis, cv, weights / weights.sum(), trusted, points,
                         -free_energy(grid) / (gamma * KT), sampled.astype(float), KT, steps=500)
     V = basis(points) @ policy.coefficients
     expected = -(1 - 1 / gamma) * free_energy(grid)

@@ -109,6 +109,13 @@ def test_killed_job_resumes_to_the_uninterrupted_output(campaign, tmp_path, cli_
     with pytest.raises(RuntimeError, match="damaged"):
         run(c, 0, damaged)
 
+    # checkpointing less often is the same sampling (no rerun of finished rounds); its resume
+    # starts the killed run's work afresh, as its chunks end elsewhere
+    sparser = campaign(sampling={**c.resolved["sampling"], "checkpoint_interval": 40000})
+    assert sparser.stage_hash("sampling") == c.stage_hash("sampling")
+    shutil.copytree(tmp_path / "killed", tmp_path / "sparser")
+    pd.testing.assert_frame_equal(pd.read_parquet(run(sparser, 0, tmp_path / "sparser")), reference)
+
     log = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, check=True).stderr
     assert "resuming from step" in log
     resumed = pd.read_parquet(tmp_path / "killed" / "samples.parquet")
@@ -164,6 +171,8 @@ def test_alanine_dipeptide_run_writes_mdtraj_readable_trajectories(campaign, tmp
     assert np.isfinite(df.potential_energy_kJmol).all()
     # C7eq / beta region: phi < 0 in every frame, psi mostly positive
     assert (df.phi < 0).all() and (df.psi > 0).mean() > 0.9
+    walker = [df[df.walker == w][["phi", "psi"]].to_numpy() for w in (0, 1)]
+    assert not np.allclose(*walker), "both walkers ran the same trajectory: one random stream for both"
     traj = md.load(tmp_path / "traj" / "walker-0001.dcd", top=tmp_path / "traj" / "topology.pdb")
     assert traj.n_frames == 40 and traj.n_atoms == 22
     angles = md.compute_dihedrals(traj, [PHI_ATOMS, PSI_ATOMS])

@@ -194,8 +194,8 @@ def langevin(x0, scale, steps, rng, dt=0.002, friction=1.0, every=50):
 def test_tram_needs_a_lag_past_the_velocity_memory(seed):
     """The transient of ``two_rounds`` with inertia: 10 ps rounds of underdamped Langevin. The
     Markov cells of x alone forget where a walker came from only once its velocity has
-    decorrelated (~1/friction = 1 ps): at a lag of one 0.1 ps frame TRAM is off by about 1 kT,
-    worse than MBAR; at 1 ps it is right."""
+    decorrelated (~1/friction = 1 ps): at a lag of one 0.1 ps frame TRAM is off by 0.7-1.5 kT
+    (seeds 0-9; MBAR by 0.76-1.0), at 1 ps by 0.08-0.27 kT."""
     rng = np.random.default_rng(seed)
     walkers = 64
     rounds = [langevin(np.full(walkers, 1.0), 1.0, 5000, rng), langevin(np.full(walkers, 1.0), 1 / GAMMA, 5000, rng)]
@@ -206,7 +206,7 @@ def test_tram_needs_a_lag_past_the_velocity_memory(seed):
     short = tram_weights(frames, ["x"], biases, KT, [-1.6], [1.6], 32, lagtime=1)
     long = tram_weights(frames, ["x"], biases, KT, [-1.6], [1.6], 32, lagtime=10)
     assert rmse_kT(frames, mbar.weights) > 0.6
-    assert rmse_kT(frames, short.weights) > 0.8
+    assert rmse_kT(frames, short.weights) > 0.6
     assert rmse_kT(frames, long.weights) < 0.3
     with pytest.raises(ValueError, match="no transition to count"):
         tram_weights(frames, ["x"], biases, KT, [-1.6], [1.6], 32, lagtime=len(rounds[0]))

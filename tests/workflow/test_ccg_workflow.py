@@ -41,7 +41,7 @@ def test_flow_needs_fg_frames_only_for_samples_conditioning(tmp_path, cli_env):
     target = "results/ccg-small/ccg/summary.json"
     grid = snakemake("-n", "--configfile", small_config(tmp_path), "-d", tmp_path, target, env=cli_env)
     assert grid.returncode == 0, grid.stderr
-    assert planned_rules(grid.stdout) == {"campaign_config", "reconstruct", "ccg_fes"}
+    assert planned_rules(grid.stdout) == {"reconstruct", "ccg_fes"}
     samples = snakemake("-n", "--configfile", small_config(tmp_path, conditioning="samples"), "-d", tmp_path, target,
                         env=cli_env)
     assert samples.returncode == 0, samples.stderr
@@ -127,7 +127,7 @@ def test_alanine_ccg_stage_end_to_end(tmp_path, cli_env):
     target = "results/ccg-ala-small/ccg/summary.json"
     dry = snakemake("-n", "--configfile", config, "-d", tmp_path, target, env=cli_env)
     assert dry.returncode == 0, dry.stderr
-    assert planned_rules(dry.stdout) == {"campaign_config", "reference", "reconstruct", "ccg_fes"}
+    assert planned_rules(dry.stdout) == {"reference", "reconstruct", "ccg_fes"}
     run = snakemake("--configfile", config, "-d", tmp_path, "--cores", "1", target, env=cli_env)
     assert run.returncode == 0, run.stderr[-3000:]
 

@@ -4,6 +4,8 @@
 rule reference:
     input:
         config=CONFIG_FILE,
+        # a reference file of the user's: an edit of it reruns the analysis
+        given=[] if CAMPAIGN.analysis.reference in ("exact", "none", "metadynamics_long") else CAMPAIGN.analysis.reference,
     output:
         f"{RESULTS}/reference.csv",
     log:

@@ -8,7 +8,7 @@ from cgflow.config import ConfigError, load_config, read_config_file
 from cgflow.jobs import run_jobs_in_this_environment
 
 # `.venv/bin/snakemake` works without activating the venv: jobs find its `cgflow` and `mpiexec`
-run_jobs_in_this_environment()
+run_jobs_in_this_environment(workflow.basedir)
 
 try:
     for path in workflow.configfiles:  # Snakemake's own reading keeps the last of a key given twice
@@ -19,6 +19,24 @@ except ConfigError as exc:
 
 RESULTS = f"results/{CAMPAIGN.name}"
 CONFIG_FILE = f"{RESULTS}/config.yaml"
+
+
+def write_campaign_config():
+    """``CONFIG_FILE``, the validated config with every default, which every job reads: written
+    here, when it differs, and not by a rule. Below a rule that rewrites it, Snakemake 9 would
+    take the sampling, training and guidance jobs as settled by that rule's rerun and skip their
+    ``config_hash`` check, so a sampling change would first be analysed on the old samples."""
+    import yaml
+
+    from cgflow.io import write_text
+
+    text = yaml.safe_dump(CAMPAIGN.resolved, sort_keys=False)
+    path = Path(CONFIG_FILE)
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+
+
+write_campaign_config()
 ROUNDS = CAMPAIGN.rounds
 LAST = ROUNDS[-1]
 ENV = "../../envs/cgflow.yaml"

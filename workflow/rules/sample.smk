@@ -1,21 +1,6 @@
 """The validated campaign config and FG sampling rounds with OpenMM (one job per round)."""
 
 
-rule campaign_config:
-    output:
-        CONFIG_FILE,
-    params:
-        resolved=json.dumps(CAMPAIGN.resolved, sort_keys=True),
-    log:
-        f"{RESULTS}/logs/campaign_config.log",
-    conda:
-        ENV
-    message:
-        "Writing the validated config of campaign {CAMPAIGN.name}"
-    shell:
-        "cgflow write-config --json {params.resolved:q} --out {output} > {log} 2>&1"
-
-
 rule sample:
     input:
         # config is ancient(): params.config_hash decides reruns (see round_hash)
