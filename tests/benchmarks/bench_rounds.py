@@ -58,9 +58,11 @@ SYSTEMS = {
         # light. MBAR, not TRAM: cells of x are not Markov states where x hides y (at gamma 8 TRAM
         # reached the target in 192k FG steps on seed 1 but ended at 0.34 kT)
         "guidance": {"rounds": 9, "train_steps": 600, "estimator": "mbar", "gamma": 2.0},
-        # metadynamics at its own bias factor, 8: at 2 it never reached the target in the budget
+        # metadynamics at its own best, chosen on seeds 4-6 over bias factor 4/8/16, a Gaussian every
+        # 250/500 steps and height kT/2 or kT (HISTORY.md, 2026-12-07): median first hit 192k FG steps
+        # against 448k for the factor 8 every 500 steps it ran with before
         "analysis": {"bins": 50, "peers": ["unbiased", "metadynamics"], "budget_points": 2,
-                     "metadynamics": {"bias_factor": 8.0}},
+                     "metadynamics": {"bias_factor": 16.0, "frequency": 250, "height": 1.25}},
     },
     # not run by default: Müller-Brown at 150 K along s = x - y, a CV that sees basin A's exit (a
     # bias on it may speed the crossings up ~4500x: exit_bound), for whoever weighs the target of
@@ -98,8 +100,12 @@ SYSTEMS = {
         "sampling": {"walkers": 8, "steps": 4000, "report_interval": 10, "equilibration": 250},
         "guidance": {"rounds": 22, "train_steps": 2400, "e0": 5.0, "e1": 12.0, "markov_bins": 16, "overfill": 10.0,
                      "barrier": 37.5, "seed_fraction": 0.25, "min_frames": 50},
+        # metadynamics at its own best, chosen on seeds 4-5 over a Gaussian every 125/250/500 steps,
+        # height kT/2 or kT and bias factor 6 (gamma) or 10 (HISTORY.md, 2026-12-07): first hits
+        # 170k and 204k FG steps where the defaults (every 500 steps, kT/2) took 510k or never
         "analysis": {"bins": 36, "reference": "metadynamics_long", "rmse_cutoff_kT": 8.0,
-                     "peers": ["unbiased", "metadynamics"], "budget_points": 1},
+                     "peers": ["unbiased", "metadynamics"], "budget_points": 1,
+                     "metadynamics": {"frequency": 125, "height": 2.5}},
     },
 }
 

@@ -122,7 +122,9 @@ def test_jobs_find_cgflow_without_an_activated_environment(tmp_path):
     config.write_text(yaml.safe_dump(TINY))
     env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                                                  if p and not (Path(p) / "cgflow").exists())}
-    out = snakemake("--configfile", config, "-d", tmp_path, "--cores", "1", f"results/{TINY['campaign']}/config.yaml",
-                    env=env)
+    out = snakemake("--configfile", config, "-d", tmp_path, "--cores", "1",
+                    f"results/{TINY['campaign']}/reference.csv", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert yaml.safe_load((tmp_path / "results" / TINY["campaign"] / "config.yaml").read_text())["seed"] == TINY["seed"]
+    reference = pd.read_csv(tmp_path / "results" / TINY["campaign"] / "reference.csv")
+    assert len(reference) == TINY["analysis"]["bins"] and reference.F_kJmol.min() == 0.0
