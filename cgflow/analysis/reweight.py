@@ -151,7 +151,7 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     connected: inside TRAM's connected set) with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.guidance.bias import BiasGrid
-    from cgflow.io import InputError, write_parquet
+    from cgflow.io import InputError, package_versions, write_parquet
     from cgflow.sampling.hills import RoundStates
 
     if len(bias_paths) != len(sample_paths):
@@ -169,6 +169,8 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     table = df[["round", "walker", "step"]].assign(weight=rw.weights, connected=connected)
     write_parquet(table, out, {
         "sampling_hash": campaign.stage_hash("sampling"),
+        "config_hash": campaign.hash,
+        "versions": package_versions(),
         "estimator": campaign.guidance.estimator,
         "f_k": rw.f_k.tolist(), "n_k": rw.n_k.tolist(), "ess": rw.ess,
         "ess_per_round": rw.ess_per_round.tolist(), "overlap": rw.overlap,

@@ -12,7 +12,7 @@ import numpy as np
 from cgflow.guidance.bias import BiasGrid
 from cgflow.guidance.policy import (Basis, data_free_energy_range, data_support, fill, fit_policy, held_outside,
                                     trust)
-from cgflow.io import write_json
+from cgflow.io import package_versions, write_json
 from cgflow.sampling.hills import FILE as HILLS_FILE, RoundStates
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,9 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
         "basin_outside": bool("connected" in df and held_outside(cv, df["connected"].to_numpy(), lower, upper,
                                                                  g.min_frames).any()),
         "reseeded_walkers": int(seeded.sum()),
+        "config_hash": campaign.hash,
+        "seed": campaign.seed,
+        "versions": package_versions(),
         "wall_s": time.perf_counter() - t0,
     }
     write_json(out_json, result)

@@ -53,3 +53,27 @@ def test_a_failing_cpu_platform_is_an_error_not_a_skip(monkeypatch):
     monkeypatch.setattr(plat, "available_platforms", lambda: ["CPU", "Reference"])
     with pytest.raises(RuntimeError, match="CPU: no usable device"):
         plat.choose_platform("auto", _chooser({"Reference": 1e-4}, unusable=("CPU",)))
+
+
+def test_each_sampling_process_is_pinned_to_a_core_no_other_holds(monkeypatch, tmp_path):
+    """Cores come from the process's affinity mask (a SLURM job's cores, not the node's), one per
+    process by a lock file; with every allowed core held, processes share them."""
+    import fcntl
+
+    from cgflow.sampling import platform
+
+    pinned = []
+    monkeypatch.setattr(platform.os, "sched_getaffinity", lambda pid: {3, 5})
+    monkeypatch.setattr(platform.os, "sched_setaffinity", lambda pid, cores: pinned.append(set(cores)))
+    monkeypatch.setattr(platform.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(platform, "_held_lock", None)
+    lock_dir = tmp_path / f"cgflow-cores-{platform.os.getuid()}"
+    lock_dir.mkdir()
+    with open(lock_dir / "core-3.lock", "w") as other:  # another cgflow process holds core 3
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert platform.pin_to_free_core() == 5 and pinned == [{5}]
+        with open(lock_dir / "core-5.lock", "w") as third:
+            platform._held_lock.close()  # this process lets go of core 5, a third takes it
+            fcntl.flock(third, fcntl.LOCK_EX)
+            shared = platform.pin_to_free_core()
+    assert shared in (3, 5) and pinned[-1] == {shared}
