@@ -177,8 +177,11 @@ def write_plots(campaign, fes_csv: Path, samples: list[Path], out_dir: Path) -> 
     from cgflow.analysis.fes import read_fes_frame
     from cgflow.analysis.plots import plot_cv_histogram, plot_fes, plot_walker_traces
 
-    unit = "nm" if campaign.system.is_toy else "rad"
-    labels = {name: f"{name} ({unit})" for name in campaign.system.cv_names}
+    if campaign.system.is_toy:
+        units = [cv.unit for cv in campaign.system.build().cvs]
+    else:
+        units = ["rad"] * len(campaign.system.cv_names)
+    labels = {name: f"{name} ({unit})" if unit else name for name, unit in zip(campaign.system.cv_names, units)}
     names = list(labels.values())
     df, _ = read_samples(campaign, samples)
     df = df.rename(columns=labels)

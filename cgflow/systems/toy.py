@@ -85,6 +85,17 @@ class CV:
     def fn(self) -> Expression:
         return parse(self.expression)
 
+    @property
+    def unit(self) -> str:
+        """``nm`` for a linear combination of the coordinates; else ``""`` (x*y is in nm^2,
+        sin(x) has none: the expression's own units, which cgflow cannot name)."""
+        rng = np.random.default_rng(0)
+        a, b = ({c: rng.uniform(-1, 1, 3) for c in self.fn.variables} for _ in range(2))
+        zero = {c: np.zeros(3) for c in self.fn.variables}
+        both = {c: a[c] + b[c] for c in self.fn.variables}
+        additive = self.fn(**both) - self.fn(**a) - self.fn(**b) + self.fn(**zero)
+        return "nm" if np.allclose(additive, 0.0, atol=1e-9) else ""
+
 
 @dataclass(frozen=True)
 class ToySystem:

@@ -105,3 +105,8 @@ def test_lepton_semantics(text, x, expected):
 def test_expression_rejects_non_lepton_text(text):
     with pytest.raises(ExpressionError):
         parse(text)
+
+
+@pytest.mark.parametrize("expression, unit", [("x", "nm"), ("0.8*x - 0.6*y + 1", "nm"), ("x*y", ""), ("sin(x)", "")])
+def test_a_cv_is_in_nm_only_when_it_is_a_linear_combination_of_coordinates(expression, unit):
+    assert CV("s", expression).unit == unit
