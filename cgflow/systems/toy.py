@@ -219,14 +219,18 @@ class ToySystem:
         """Exact bin-integrated PMF on the given CV bins, kJ/mol, min 0, NaN where zero weight.
 
         Midpoint quadrature over the box, each cell counted in the bin of its centre. Along the
-        coordinates the CVs use there are at least ``CELLS_PER_BIN`` cells per bin: with 2.4 (3-D
-        at 120 cells per coordinate, 50 bins), which bin got each cell's whole weight aliased the
-        PMF by 0.2 kT RMSE. The grid goes through in slabs of the first coordinate."""
+        coordinates the CVs use there are ``CELLS_PER_BIN`` cells per bin, as far as
+        ``QUADRATURE_MAX_POINTS`` allows: with 2.4 (3-D at 120 cells per coordinate, 50 bins),
+        which bin got each cell's whole weight aliased the PMF by 0.2 kT RMSE. The grid goes
+        through in slabs of the first coordinate."""
         dims = self.coordinates
         base = {1: 20000, 2: 1000, 3: 120}[max(len(dims), 1)]
         on_cv = set().union(*(cv.fn.variables for cv in self.cvs))
         bins = max(len(e) - 1 for e in edges)
-        axes, volume = self._axes({c: max(base, CELLS_PER_BIN * bins) if c in on_cv else base for c in dims})
+        n_on = sum(c in on_cv for c in dims)
+        affordable = (QUADRATURE_MAX_POINTS / base ** (len(dims) - n_on)) ** (1 / max(n_on, 1))
+        fine = max(base, min(CELLS_PER_BIN * bins, int(affordable)))
+        axes, volume = self._axes({c: fine if c in on_cv else base for c in dims})
         kT = KB * temperature
         slab = max(1, int(QUADRATURE_CHUNK // max(np.prod([len(a) for a in axes[1:]]), 1)))
         parts = []
@@ -252,6 +256,8 @@ class ToySystem:
 
 CELLS_PER_BIN = 20
 """The toys' exact PMF has at least this many quadrature cells per bin along a CV's coordinates."""
+QUADRATURE_MAX_POINTS = 30_000_000
+"""At most this many quadrature cells (a few seconds): a CV on all three coordinates gets fewer per bin."""
 QUADRATURE_CHUNK = 4_000_000
 """Grid points evaluated at once by the toys' quadrature (memory: a few hundred MB)."""
 
