@@ -20,7 +20,8 @@ deposition period late. Here the sharing is exact and immediate, with no file ra
 whole run is reproducible from the campaign seed. The bias factor is ``guidance.gamma`` unless
 ``analysis.metadynamics.bias_factor`` is given: by default metadynamics flattens F to the same
 F/gamma that cgflow's well-tempered target aims at, but a gamma that suits cgflow may not suit
-metadynamics (on Müller-Brown, 2 against 8), and a peer is compared at its own best.
+metadynamics (on Müller-Brown, 2 against 16), and a peer is compared at its own best: the bench
+configs choose its bias factor, Gaussian interval and height per system on held-out seeds.
 
 Toy CVs are clamped to the bias grid, ``min(max(cv, lower), upper)``: OpenMM's tabulated bias
 is zero outside its grid, and a walker that crossed the edge would fall off a bias cliff into
