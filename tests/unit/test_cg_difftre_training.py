@@ -107,3 +107,34 @@ def test_difftre_recovers_the_dihedral_coefficients_from_the_phipsi_histogram():
     expected = np.array([*TRUE["phi"], *TRUE["psi"]])
     assert np.abs(learned - expected).max() < 0.5, (learned, expected)  # kJ/mol, 0.2 kT
     assert trainer.samples.n_simulations > 1
+
+
+def test_a_killed_difftre_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    """As relative entropy's: the checkpoint holds the CG samples, their reuse count and the
+    replicas' random stream, so the resumed run repeats the uninterrupted one's updates."""
+    from cgflow.training.trainer import Trainer
+    from tests.conftest import Killed
+
+    x = _chain_frames(2_000, np.random.default_rng(7))
+    data = {"x": x, "f": np.zeros_like(x), "masses": np.full(10, 12.0), "temperature": T}
+    cfg = _cfg()
+    cfg["re"].update(epochs=10, replicas=32, sim_steps=60, equilibration=20, max_reuse=4)
+
+    def run(checkpoint=None):
+        model = DihedralChain()
+        train("difftre", model, data, cfg, checkpoint=checkpoint, seed=3, signature="s")
+        return model.coef.detach().clone()
+
+    straight = run()
+    save = Trainer._save
+
+    def save_then_die(self):
+        save(self)
+        if len(self.history) == 6:  # between two re-simulations: the samples' state matters
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    with pytest.raises(Killed):
+        run(tmp_path / "model.pt")
+    monkeypatch.undo()
+    assert torch.equal(run(tmp_path / "model.pt"), straight)
