@@ -386,8 +386,8 @@ class Campaign:
         do not rerun or invalidate sampling). ``guidance`` covers the biased rounds (training,
         bias, later sampling); the number of rounds is left out, so adding rounds keeps the
         earlier ones, and so is ``sampling.checkpoint_interval``, so checkpointing more often on a
-        preemptible queue keeps the finished rounds. ``ccg`` covers the reconstruction flow (not its estimation keys); ``cg_data``
-        the bead-CG stage's FG data, ``cg`` its models."""
+        preemptible queue keeps the finished rounds. ``ccg`` covers the reconstruction flow (not
+        its estimation keys); ``cg_data`` the bead-CG stage's FG data, ``cg`` its models."""
         if stage in ("cg_data", "cg"):
             c = self.resolved["cg"]
             data = {k: c[k] for k in ("fg_data", "fg_steps", "fg_stride", "map")}

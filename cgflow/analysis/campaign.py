@@ -81,8 +81,8 @@ def read_samples(campaign, paths: list[Path]):
         if "fg_steps" not in p:
             raise InputError(f"{path} is not a samples.parquet (it has no sampling provenance)")
         if p["sampling_hash"] != expected:
-            raise InputError(f"{path} is not a samples.parquet of this campaign: it was sampled under other seed, system "
-                             f"or sampling keys (sampling hash {p['sampling_hash']}, this config's {expected})")
+            raise InputError(f"{path} is not a samples.parquet of this campaign: it was sampled under other seed, "
+                             f"system or sampling keys (sampling hash {p['sampling_hash']}, this config's {expected})")
         df = pd.read_parquet(path)
         df.insert(0, "round", p.get("round", len(prov)))
         frames.append(df)

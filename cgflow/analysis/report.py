@@ -186,6 +186,7 @@ def write_plots(campaign, fes_csv: Path, samples: list[Path], out_dir: Path) -> 
     df, _ = read_samples(campaign, samples)
     df = df.rename(columns=labels)
     title = f"{campaign.name}: {campaign.system.potential or campaign.system.type}"
-    plot_fes(read_fes_frame(fes_csv, campaign.system.cv_names).rename(columns=labels), names, out_dir / "fes.png", title=title)
+    frame = read_fes_frame(fes_csv, campaign.system.cv_names).rename(columns=labels)
+    plot_fes(frame, names, out_dir / "fes.png", title=title)
     plot_cv_histogram(df, names, out_dir / "cv_histogram.png")
     plot_walker_traces(df, names, out_dir / "walker_traces.png")

@@ -244,8 +244,8 @@ class ToySystem:
             top = logw.max()
             if np.isfinite(top):
                 parts.append((np.histogramdd(s, bins=edges, weights=np.exp(logw - top) * volume)[0], top))
-        shift = max(top for _, top in parts)
-        mass = sum(part * np.exp(top - shift) for part, top in parts)
+        shift = max((top for _, top in parts), default=0.0)
+        mass = sum((part * np.exp(top - shift) for part, top in parts), np.zeros([len(e) - 1 for e in edges]))
         widths = np.meshgrid(*[np.diff(e) for e in edges], indexing="ij")
         bin_volume = np.prod(widths, axis=0)
         with np.errstate(divide="ignore"):
