@@ -13,6 +13,14 @@ import yaml
 from tests.conftest import BIN, ROOT
 
 
+def rule_body(name: str) -> str:
+    for f in (ROOT / "workflow" / "rules").glob("*.smk"):
+        m = re.search(rf"^rule {name}:\n(.*?)(?=^rule |\Z)", f.read_text(), re.M | re.S)
+        if m:
+            return m.group(0)
+    raise AssertionError(f"no rule {name}")
+
+
 def rule_names() -> set[str]:
     return {m.group(1) for f in (ROOT / "workflow" / "rules").glob("*.smk")
             for m in re.finditer(r"^rule (\w+):", f.read_text(), re.M)}
@@ -21,7 +29,13 @@ def rule_names() -> set[str]:
 def test_slurm_profile_resources_name_real_rules_and_no_site():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    assert set(profile["set-resources"]) <= rule_names()
+    assert set(profile.get("set-resources") or {}) <= rule_names()
+    # the long and large jobs carry their own runtime and memory, which a site's set-resources
+    # or default-resources cannot drop
+    for rule in ("sample", "peer_unbiased", "peer_metadynamics", "reweight", "train", "guide", "reference",
+                 "cg_sample", "cg_train"):
+        body = rule_body(rule)
+        assert re.search(r"\n    resources:\n        runtime=\d+,\n        mem_mb=\d+,", body), rule
     text = (ROOT / "profiles" / "slurm" / "config.yaml").read_text()
     assert "slurm_partition:" not in text and "slurm_account:" not in text  # left to the site
 

@@ -8,6 +8,9 @@ rule reference:
         given=[] if CAMPAIGN.analysis.reference in ("exact", "none", "metadynamics_long") else CAMPAIGN.analysis.reference,
     output:
         f"{RESULTS}/reference.csv",
+    resources:
+        runtime=120,
+        mem_mb=4000,
     log:
         f"{RESULTS}/logs/reference.log",
     conda:

@@ -15,6 +15,9 @@ rule cg_sample:
         config_hash=CAMPAIGN.stage_hash("cg_data") if CAMPAIGN.cg else "",
         rounds=cg_fg_args,
     threads: 1
+    resources:
+        runtime=120,
+        mem_mb=4000,
     log:
         f"{RESULTS}/logs/cg-sample.log",
     conda:
@@ -41,6 +44,9 @@ rule cg_train:
     wildcard_constraints:
         objective=r"fm|re|difftre|fm\+re",
     threads: 1
+    resources:
+        runtime=240,
+        mem_mb=8000,
     log:
         f"{RESULTS}/logs/cg-train-{{objective}}.log",
     conda:

@@ -16,6 +16,9 @@ rule guide:
         round=lambda wildcards: int(wildcards.round),
     wildcard_constraints:
         round=r"\d\d",
+    resources:
+        runtime=30,
+        mem_mb=4000,
     log:
         f"{RESULTS}/logs/guide-round-{{round}}.log",
     conda:

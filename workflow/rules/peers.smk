@@ -13,6 +13,9 @@ rule peer_unbiased:
         rounds=CAMPAIGN.guidance.rounds,
         out_dir=lambda wildcards, output: Path(output.samples).parent,
     threads: 1
+    resources:
+        runtime=240,
+        mem_mb=4000,
     log:
         f"{RESULTS}/logs/peer-unbiased.log",
     conda:
@@ -38,6 +41,9 @@ rule peer_metadynamics:
         bins=list(CAMPAIGN.analysis.bins),
         out_dir=lambda wildcards, output: Path(output.samples).parent,
     threads: 1
+    resources:
+        runtime=240,
+        mem_mb=4000,
     log:
         f"{RESULTS}/logs/peer-metadynamics.log",
     conda:

@@ -1,4 +1,4 @@
-"""The validated campaign config and FG sampling rounds with OpenMM (one job per round)."""
+"""FG sampling rounds with OpenMM (one job per round). The validated config they read is written by common.smk."""
 
 
 rule sample:
@@ -16,6 +16,9 @@ rule sample:
     wildcard_constraints:
         round=r"\d\d",
     threads: 1
+    resources:
+        runtime=240,
+        mem_mb=4000,
     log:
         f"{RESULTS}/logs/sample-round-{{round}}.log",
     conda:

@@ -12,6 +12,9 @@ rule reweight:
         biases=bias_args,
     wildcard_constraints:
         round=r"\d\d",
+    resources:
+        runtime=60,
+        mem_mb=8000,
     log:
         f"{RESULTS}/logs/reweight-round-{{round}}.log",
     conda:
@@ -37,6 +40,9 @@ rule train:
     wildcard_constraints:
         round=r"\d\d",
     threads: 1
+    resources:
+        runtime=120,
+        mem_mb=8000,
     log:
         f"{RESULTS}/logs/train-round-{{round}}.log",
     conda:
