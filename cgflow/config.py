@@ -23,6 +23,8 @@ KB = 0.0083144626181532  # kJ/mol/K
 RESERVED_COLUMNS = {"walker", "step", "time_ps", "potential_energy_kJmol", "bias_energy_kJmol",
                     "x_nm", "y_nm", "z_nm", "round", "weight"}
 MOLECULE_CVS = ("phi", "psi")
+REFERENCE_METHODS = ("exact", "none", "metadynamics_long")
+"""``analysis.reference`` values that name a method; any other value is a fes.csv path."""
 MAX_GRID_POINTS = 2_000_000
 """The most points (or cells) a grid over the CVs may have: analysis bins, the quadrature, bias and
 Markov grids."""
@@ -224,6 +226,11 @@ class AnalysisConfig:
     peers: tuple[str, ...]
     metadynamics: dict
     budget_points: int
+
+    @property
+    def reference_file(self) -> str | None:
+        """The user's reference fes.csv (an absolute path), or None when a method gives the reference."""
+        return None if self.reference in REFERENCE_METHODS else self.reference
 
 
 @dataclass(frozen=True)
@@ -694,7 +701,7 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     ref = config["analysis"].setdefault("reference", "exact" if s["type"] == "toy" else "none")
     if ref == "exact" and s["type"] != "toy":
         raise ConfigError(f"analysis.reference: 'exact' needs a toy system; for {s['type']} give none, metadynamics_long or a path to a reference fes.csv")
-    if ref not in ("exact", "none", "metadynamics_long"):
+    if ref not in REFERENCE_METHODS:
         path = Path(ref) if base_dir is None or Path(ref).is_absolute() else base_dir / ref
         if not path.is_file():
             raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: exact (toys), none, metadynamics_long, "
@@ -744,7 +751,7 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
                           f"each deposition interval is a thermodynamic state and needs a transition, so it must be "
                           f">= {lag_steps + smp['report_interval']} steps (TRAM's lag guidance.markov_lag = "
                           f"{lag_steps} steps, plus one saved frame)")
-    if ref not in ("exact", "none", "metadynamics_long"):
+    if ref not in REFERENCE_METHODS:
         config["analysis"]["reference"] = str(path.absolute())
     if "ccg" in config:
         _check_ccg(config)

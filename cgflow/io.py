@@ -61,6 +61,18 @@ def remove_tree(path: str | os.PathLike) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, kind: str, errors: tuple = (OSError, ValueError, KeyError)) -> Iterator[None]:
+    """Turn a failure to read ``path`` as a ``kind`` (``errors``) into an :class:`InputError`
+    naming both; a missing file stays a FileNotFoundError, which ``cgflow`` reports as it is."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except errors as exc:
+        raise InputError(f"{path} is not a {kind}: {' '.join(str(exc).split())[:200]}") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -92,14 +92,10 @@ def read_samples(campaign, paths: list[Path]):
 
 def read_provenance_of(path: Path, kind: str) -> dict:
     """The cgflow provenance of a parquet file that must be a ``kind`` (e.g. weights.parquet)."""
-    from cgflow.io import InputError, read_provenance
+    from cgflow.io import InputError, read_provenance, reading
 
-    try:
+    with reading(path, kind):  # pyarrow's ArrowInvalid is a ValueError
         p = read_provenance(path)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputError(f"{path} is not a {kind}: {' '.join(str(exc).split())}") from None
     if not p:
         raise InputError(f"{path} is not a {kind} written by cgflow (it has no cgflow provenance)")
     return p

@@ -357,12 +357,10 @@ def read_fes_frame(path: str | os.PathLike, cv_names, column: str = "F_kJmol"):
     """A ``fes.csv`` as a DataFrame, checked to have a column per CV and ``column``."""
     import pandas as pd
 
-    from cgflow.io import InputError
+    from cgflow.io import InputError, reading
 
-    try:
+    with reading(path, "fes.csv", (ValueError,)):  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         frame = pd.read_csv(path)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path} is not a fes.csv: {' '.join(str(exc).split())}") from None
     missing = [c for c in [*cv_names, column] if c not in frame]
     if missing:
         raise InputError(f"{path} is not a fes.csv on the CVs {list(cv_names)}: it has no column {', '.join(missing)}")

@@ -187,8 +187,8 @@ def attach_weights(campaign, samples, weights_path):
     from cgflow.analysis.campaign import read_provenance_of
     from cgflow.io import InputError
 
-    p = read_provenance_of(weights_path, "weights.parquet")
-    if p.get("sampling_hash", campaign.stage_hash("sampling")) != campaign.stage_hash("sampling"):
+    p, expected = read_provenance_of(weights_path, "weights.parquet"), campaign.stage_hash("sampling")
+    if p.get("sampling_hash", expected) != expected:
         raise InputError(f"{weights_path} holds the weights of another campaign's samples (other seed, system or "
                          "sampling keys)")
     weights = pd.read_parquet(weights_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.io import InputError, write_npz
+from cgflow.io import InputError, reading, write_npz
 
 FORCE_GROUP = 31  # the bias force's group, so its energy can be read apart from the FG potential
 
@@ -113,15 +113,10 @@ class BiasGrid:
     @classmethod
     def load(cls, path: str | Path, cv_names=None) -> "BiasGrid":
         """Read a :meth:`save` file; with ``cv_names``, it must be a bias on exactly these CVs."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                bias = cls(tuple(str(n) for n in data["names"]), tuple(map(float, data["lower"])),
-                           tuple(map(float, data["upper"])), tuple(map(bool, data["periodic"])),
-                           data["values"].astype(float), json.loads(str(data["meta"])))
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{path} is not a cgflow bias.npz: {' '.join(str(exc).split())}") from None
+        with reading(path, "cgflow bias.npz"), np.load(path, allow_pickle=False) as data:
+            bias = cls(tuple(str(n) for n in data["names"]), tuple(map(float, data["lower"])),
+                       tuple(map(float, data["upper"])), tuple(map(bool, data["periodic"])),
+                       data["values"].astype(float), json.loads(str(data["meta"])))
         if cv_names is not None and bias.names != tuple(cv_names):
             raise InputError(f"{path} is a bias on the CVs {list(bias.names)}, not on this system's {list(cv_names)}")
         return bias

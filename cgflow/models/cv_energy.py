@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cgflow.io import InputError, write_torch
+from cgflow.io import InputError, reading, write_torch
 
 MODEL_NAME = "CVEnergyEnsemble"
 """The ``model`` entry of a stored architecture; :func:`load` refuses files of other models."""
@@ -212,13 +212,10 @@ def load(path: str | os.PathLike, cv_names=None) -> tuple[CVEnergyEnsemble, dict
     """Read a :func:`save` file (weights-only unpickling, onto the CPU); return the model and the
     caller's meta (without the architecture, which the model carries as attributes). With
     ``cv_names``, the model must be one on exactly these CVs."""
-    try:
+    # torch raises many kinds of error for a file that is not a checkpoint
+    with reading(path, "cgflow cg.pt", (Exception,)):
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(blob["meta"])
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-        raise InputError(f"{path} is not a cgflow cg.pt: {' '.join(str(exc).split())[:200]}") from None
     arch = meta.pop("architecture", {})
     if arch.pop("model", None) != MODEL_NAME:
         raise InputError(f"{path} does not hold a {MODEL_NAME}")

@@ -100,13 +100,12 @@ def save_flow(flow: ConditionalFlow, pt_path, json_path, meta: dict | None = Non
 
 def load_flow(pt_path, json_path) -> tuple[ConditionalFlow, dict]:
     """Rebuild a flow from ``flow.pt`` (weights only) and ``flow.json``; returns (flow, the JSON)."""
-    from cgflow.io import InputError
+    from cgflow.io import reading
 
-    try:
+    kind = "flow.json (the flow's settings, written beside flow.pt)"
+    with reading(json_path, kind, (ValueError, KeyError, TypeError)):
         info = json.loads(Path(json_path).read_text())
         hparams = info["flow"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise InputError(f"{json_path} is not a flow.json (the flow's settings, written beside flow.pt)") from None
     flow = ConditionalFlow(**hparams)
     flow.load_state_dict(torch.load(pt_path, weights_only=True))
     flow.eval()

@@ -5,7 +5,7 @@ rule reference:
     input:
         config=CONFIG_FILE,
         # a reference file of the user's: an edit of it reruns the analysis
-        given=[] if CAMPAIGN.analysis.reference in ("exact", "none", "metadynamics_long") else CAMPAIGN.analysis.reference,
+        given=CAMPAIGN.analysis.reference_file or [],
     output:
         f"{RESULTS}/reference.csv",
     resources:
