@@ -8,9 +8,13 @@ must find the same installation. They would not when Snakemake is started as
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+_warned: set[tuple] = set()
 
 
 def run_jobs_in_this_environment(source: str) -> None:
@@ -24,3 +28,22 @@ def run_jobs_in_this_environment(source: str) -> None:
     path = os.environ.get("PATH", "")
     if (Path(folder) / "cgflow").is_file() and path.split(os.pathsep)[0] != folder:
         os.environ["PATH"] = os.pathsep.join([folder, path]) if path else folder
+
+
+def mpi_launch(rule: str, mpi: str | None, tasks) -> str:
+    """The launcher prefix of a job's command: '<mpi> -n <tasks> ' when resources give both an
+    MPI launcher (``mpi``: mpiexec, or "srun --mpi=pmi2" under SLURM) and ``tasks`` > 1; else ''
+    (one process). Half of that pair is a slip that would run one rank on resources booked for
+    many, so it is warned about, once per rule and setting."""
+    try:
+        n = int(tasks or 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{rule}: resources tasks={tasks!r} is not a whole number of MPI ranks") from None
+    if mpi and n > 1:
+        return f"{mpi} -n {n} "
+    if (mpi or n > 1) and (rule, mpi, n) not in _warned:
+        _warned.add((rule, mpi, n))
+        missing = "tasks (the number of ranks, > 1)" if mpi else "mpi (the launcher: mpiexec, or \"srun --mpi=pmi2\")"
+        log.warning("%s: resources give mpi=%r and tasks=%d but no %s: the job runs one process",
+                    rule, mpi, n, missing)
+    return ""

@@ -302,6 +302,15 @@ def table(name: str, conv: dict) -> list[str]:
         lines.append("  oracle (the reference's well-tempered bias from the first FG step, one round), by seed: "
                      + "; ".join(f"{seed}: target {show(o['steps_to_target'])}, below from {show(o.get('steps_to_stay'))}, "
                                  f"final {o['curve'][-1][1]:.3f} kT" for seed, o in oracle.items()))
+        same = oracle.get(SYSTEMS[name]["seed"])
+        if same:
+            # the seed the peers ran: what a bias known in advance gives against the same walkers'
+            # metadynamics, i.e. whether 0.7x metadynamics is within reach of any guidance
+            for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
+                mine, theirs = same.get(key), conv["metadynamics"].get(key)
+                ratio = ("n/a (the oracle did not reach the target)" if mine is None
+                         else f"< {mine / budget:.3f}" if theirs is None else f"{mine / theirs:.3f}")
+                lines.append(f"  oracle/metadynamics = {ratio:>10s}   (seed {SYSTEMS[name]['seed']}; {what})")
     return lines
 
 

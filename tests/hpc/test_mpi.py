@@ -92,6 +92,14 @@ def test_sample_rule_launches_under_mpi_resources(tmp_path, cli_env):
     assert "mpiexec -n 2 cgflow sample" in dry.stdout
     plain = subprocess.run(cmd, capture_output=True, text=True, env=cli_env)
     assert "mpiexec" not in plain.stdout and "cgflow sample" in plain.stdout
+    assert "runs one process" not in plain.stderr
+    # half of the pair runs one process on resources booked for two: said once, not per round
+    config.write_text(yaml.safe_dump({**CONFIG, "guidance": {"rounds": 2}}))
+    for half, missing in ((["sample:mpi=mpiexec"], "no tasks"), (["sample:tasks=2"], "no mpi")):
+        dry = subprocess.run(cmd + ["--set-resources", *half], capture_output=True, text=True, env=cli_env)
+        assert dry.returncode == 0, dry.stderr
+        assert "mpiexec -n" not in dry.stdout and "cgflow sample" in dry.stdout
+        assert dry.stderr.count("the job runs one process") == 1 and missing in dry.stderr, dry.stderr
 
 
 def test_a_failing_rank_ends_every_rank(tmp_path):

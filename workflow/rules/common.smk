@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from cgflow.config import ConfigError, load_config, read_config_file
-from cgflow.jobs import run_jobs_in_this_environment
+from cgflow.jobs import mpi_launch, run_jobs_in_this_environment
 
 # `.venv/bin/snakemake` works without activating the venv: jobs find its `cgflow` and `mpiexec`
 run_jobs_in_this_environment(workflow.basedir)
@@ -86,10 +86,8 @@ def sample_inputs(wildcards):
 
 
 def mpi_launcher(wildcards, resources):
-    """'<mpi> -n <tasks> ' when the job has an MPI launcher (resources mpi=mpiexec, or
-    mpi="srun --mpi=pmi2" under SLURM) and tasks > 1; else '' (one process)."""
-    mpi, tasks = getattr(resources, "mpi", None), int(getattr(resources, "tasks", 1) or 1)
-    return f"{mpi} -n {tasks} " if mpi and tasks > 1 else ""
+    """The sampling job's MPI launcher prefix (:func:`cgflow.jobs.mpi_launch`)."""
+    return mpi_launch("sample", getattr(resources, "mpi", None), getattr(resources, "tasks", 1))
 
 
 def sample_args(wildcards, input):
