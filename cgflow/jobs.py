@@ -43,7 +43,10 @@ def mpi_launch(rule: str, mpi: str | None, tasks) -> str:
         return f"{mpi} -n {n} "
     if (mpi or n > 1) and (rule, mpi, n) not in _warned:
         _warned.add((rule, mpi, n))
-        missing = "tasks (the number of ranks, > 1)" if mpi else "mpi (the launcher: mpiexec, or \"srun --mpi=pmi2\")"
-        log.warning("%s: resources give mpi=%r and tasks=%d but no %s: the job runs one process",
-                    rule, mpi, n, missing)
+        if mpi:
+            log.warning("%s: resources mpi=%r with tasks=%d: the job runs one process, without the launcher; "
+                        "set tasks > 1 to run that many ranks", rule, mpi, n)
+        else:
+            log.warning("%s: resources tasks=%d without mpi: the job runs one process; set mpi (mpiexec, or "
+                        "\"srun --mpi=pmi2\" under SLURM) to run %d ranks", rule, n, n)
     return ""

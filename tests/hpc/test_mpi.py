@@ -95,7 +95,7 @@ def test_sample_rule_launches_under_mpi_resources(tmp_path, cli_env):
     assert "runs one process" not in plain.stderr
     # half of the pair runs one process on resources booked for two: said once, not per round
     config.write_text(yaml.safe_dump({**CONFIG, "guidance": {"rounds": 2}}))
-    for half, missing in ((["sample:mpi=mpiexec"], "no tasks"), (["sample:tasks=2"], "no mpi")):
+    for half, missing in ((["sample:mpi=mpiexec"], "with tasks=1"), (["sample:tasks=2"], "tasks=2 without mpi")):
         dry = subprocess.run(cmd + ["--set-resources", *half], capture_output=True, text=True, env=cli_env)
         assert dry.returncode == 0, dry.stderr
         assert "mpiexec -n" not in dry.stdout and "cgflow sample" in dry.stdout
