@@ -257,6 +257,14 @@ def bound_line(bound: dict) -> str:
             f"crossings of unbiased MD, so cgflow/unbiased >= ~{1 / bound['crossings_ratio']:.2g}")
 
 
+def ratio_text(mine: int | None, theirs: int | None, horizon: int, who: str) -> str:
+    """``who``'s steps over a peer's, as printed: an upper bound (against ``horizon``) where the
+    peer never reached the target, n/a where ``who`` did not."""
+    if mine is None:
+        return f"n/a ({who} did not reach the target)"
+    return f"< {mine / horizon:.3f}" if theirs is None else f"{mine / theirs:.3f}"
+
+
 def table(name: str, conv: dict) -> list[str]:
     methods = ("cgflow", "unbiased", "metadynamics")
     budget = max(point[0] for method in methods for point in conv[method]["curve"])
@@ -287,13 +295,7 @@ def table(name: str, conv: dict) -> list[str]:
             theirs_conv, horizon, source = conv[peer], budget, ""
             if peer == "unbiased" and long and conv[peer].get(key) is None:
                 theirs_conv, horizon, source = long, long_budget, f"; unbiased: the {long['factor']}x run"
-            mine, theirs = conv["cgflow"].get(key), theirs_conv.get(key)
-            if mine is None:
-                ratio = "n/a (cgflow did not reach the target)"
-            elif theirs is None:
-                ratio = f"< {mine / horizon:.3f}"
-            else:
-                ratio = f"{mine / theirs:.3f}"
+            ratio = ratio_text(conv["cgflow"].get(key), theirs_conv.get(key), horizon, "cgflow")
             lines.append(f"  cgflow/{peer:12s} = {ratio:>10s}   (target <= {goal}; {what}{source})")
     if conv.get("exit_bound"):
         lines.append(bound_line(conv["exit_bound"]))
@@ -307,9 +309,7 @@ def table(name: str, conv: dict) -> list[str]:
             # the seed the peers ran: what a bias known in advance gives against the same walkers'
             # metadynamics, i.e. whether 0.7x metadynamics is within reach of any guidance
             for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
-                mine, theirs = same.get(key), conv["metadynamics"].get(key)
-                ratio = ("n/a (the oracle did not reach the target)" if mine is None
-                         else f"< {mine / budget:.3f}" if theirs is None else f"{mine / theirs:.3f}")
+                ratio = ratio_text(same.get(key), conv["metadynamics"].get(key), budget, "the oracle")
                 lines.append(f"  oracle/metadynamics = {ratio:>10s}   (seed {SYSTEMS[name]['seed']}; {what})")
     return lines
 
