@@ -61,7 +61,8 @@ def _optional_paths(values):
 def cmd_reweight(args) -> None:
     from cgflow.analysis.reweight import write_weights
 
-    write_weights(_campaign(args.config), [Path(p) for p in args.samples], _optional_paths(args.biases), Path(args.out))
+    write_weights(_campaign(args.config), [Path(p) for p in args.samples], _optional_paths(args.biases), Path(args.out),
+                  Path(args.previous_weights) if args.previous_weights else None)
 
 
 def cmd_train(args) -> None:
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--samples", nargs="+", required=True, help="samples.parquet of rounds 0..k, in order")
     p.add_argument("--biases", nargs="+", required=True, help="the bias.npz each round sampled, or none")
+    p.add_argument("--previous-weights", help="round k-1's weights.parquet, whose levelled cells this round remembers "
+                                              "(guidance.level_memory)")
     p.add_argument("--out", required=True, help="weights.parquet")
     p.set_defaults(func=cmd_reweight)
 

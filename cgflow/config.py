@@ -252,6 +252,7 @@ class GuidanceConfig:
     markov_bins: int
     markov_lag: float
     min_frames: int
+    level_memory: int
     overfill: float
     seed_fraction: float
     seed_cells: int  # resolved from 'auto'

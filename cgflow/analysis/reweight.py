@@ -146,9 +146,11 @@ def _state_weights(campaign, frames, biases: list) -> Reweighting:
     return mbar_weights(frames[names].to_numpy(), frames["round"].to_numpy(), biases, kT)
 
 
-def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
+def write_weights(campaign, sample_paths, bias_paths, out, previous=None) -> Reweighting:
     """Unbiased weights (TRAM or MBAR) of every frame of the given rounds -> parquet (round, walker, step, weight,
-    connected: inside TRAM's connected set) with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None."""
+    connected: inside TRAM's connected set) with the per-round diagnostics in its metadata. ``bias_paths[k]`` is round k's bias or None.
+    The metadata's ``levelled_cells`` are the cells the guidance levels (``policy.remembered_cells``),
+    remembered from ``previous`` (the rounds before's weights.parquet) for ``guidance.level_memory`` rounds."""
     from cgflow.analysis.campaign import read_samples
     from cgflow.guidance.bias import BiasGrid
     from cgflow.io import InputError, package_versions, write_parquet
@@ -168,6 +170,7 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
     connected = rw.connected if rw.connected is not None else np.ones(len(df), dtype=bool)
     table = df[["round", "walker", "step"]].assign(weight=rw.weights, connected=connected)
     write_parquet(table, out, {
+        "levelled_cells": _levelled_cells(campaign, df, connected, previous),
         "sampling_hash": campaign.stage_hash("sampling"),
         "config_hash": campaign.hash,
         "versions": package_versions(),
@@ -177,6 +180,26 @@ def write_weights(campaign, sample_paths, bias_paths, out) -> Reweighting:
         "biases": [str(p) if p else None for p in bias_paths],
     })
     return rw
+
+
+def _levelled_cells(campaign, frames, connected, previous) -> dict[str, int]:
+    """``policy.remembered_cells`` of these frames (JSON keys: cell indices as strings)."""
+    from cgflow.analysis.campaign import cv_domain, read_provenance_of
+    from cgflow.guidance.policy import remembered_cells
+    from cgflow.io import InputError
+
+    earlier = {}
+    if previous is not None:
+        p = read_provenance_of(previous, "weights.parquet")
+        if p.get("config_hash") != campaign.hash:
+            raise InputError(f"{previous} holds the weights of another campaign (other config): it cannot be the "
+                             "previous round's")
+        earlier = {int(cell): last for cell, last in p.get("levelled_cells", {}).items()}
+    lower, upper, _ = cv_domain(campaign)
+    g = campaign.guidance
+    kept = remembered_cells(frames[list(campaign.system.cv_names)].to_numpy(), connected, lower, upper, g.min_frames,
+                            int(frames["round"].max()), g.level_memory, earlier)
+    return {str(cell): last for cell, last in sorted(kept.items())}
 
 
 def attach_weights(campaign, samples, weights_path):

@@ -28,23 +28,25 @@ def ensemble_at(model, grid, kT: float, points: np.ndarray) -> tuple[np.ndarray,
 
 def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
     """All rounds' frames with the weights the CG model and the bias learn from
-    (``policy.levelled_weights``; weights files written before the ``connected`` column existed
-    are used as they are)."""
-    from cgflow.analysis.campaign import cv_domain, read_samples
+    (``policy.levelled_weights`` in the weights file's ``levelled_cells``; weights files written
+    before the ``connected`` column existed are used as they are)."""
+    from cgflow.analysis.campaign import cv_domain, read_provenance_of, read_samples
     from cgflow.analysis.reweight import attach_weights
     from cgflow.guidance.policy import levelled_weights
 
     df = attach_weights(campaign, read_samples(campaign, sample_paths)[0], weights_path)
     if "connected" in df:
         lower, upper, _ = cv_domain(campaign)
+        cells = [int(c) for c in read_provenance_of(weights_path, "weights.parquet").get("levelled_cells", {})]
         df["weight"] = levelled_weights(df[list(campaign.system.cv_names)].to_numpy(), df["weight"].to_numpy(),
-                                        df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames)
+                                        df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames,
+                                        remembered=cells)
     return df
 
 
 def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list[Path], weights_path: Path,
                 out_bias: Path, out_starts: Path, out_json: Path) -> None:
-    from cgflow.analysis.campaign import cv_domain
+    from cgflow.analysis.campaign import cv_domain, read_provenance_of
     from cgflow.models.cv_energy import load
     from cgflow.training.campaign import model_grid
 
@@ -143,6 +145,8 @@ def guide_round(campaign, round_index: int, model_path: Path, sample_paths: list
         # round TRAM connects it, its depth for guidance is the levelling's guess
         "basin_outside": bool("connected" in df and held_outside(cv, df["connected"].to_numpy(), lower, upper,
                                                                  g.min_frames).any()),
+        # the cells levelled now: held outside, or within guidance.level_memory rounds of it
+        "levelled_cells": len(read_provenance_of(weights_path, "weights.parquet").get("levelled_cells", {})),
         "reseeded_walkers": int(seeded.sum()),
         "config_hash": campaign.hash,
         "seed": campaign.seed,

@@ -110,8 +110,27 @@ def _held(cell: np.ndarray, outside: np.ndarray, n_cvs: int, min_frames: int) ->
     return outside & (counts >= min_frames)[cell]
 
 
+def remembered_cells(cv: np.ndarray, connected: np.ndarray, lower, upper, min_frames: int, round_index: int,
+                     memory: int, earlier: dict[int, int]) -> dict[int, int]:
+    """The cells (SUPPORT_BINS per CV) the guidance levels at round ``round_index``, each with
+    the last round it was held outside TRAM's connected set (``held_outside``): this round's,
+    and those of ``earlier`` (the previous round's answer) held within the last ``memory`` rounds.
+
+    A basin entered one way is outside; the first walkers to re-cross the saddle back and forth
+    connect it, while TRAM, from those few transitions, still weighs it far too light (alanine's
+    C7ax: 75x, HISTORY.md 2026-12-07). Levelled only while outside, it would be a deep unbiased pit
+    again in the next round, trapping the walkers until whole round trips give TRAM its depth."""
+    from cgflow.analysis.tram import markov_states
+
+    kept = {cell: last for cell, last in earlier.items() if last >= round_index - memory} if memory else {}
+    held = held_outside(cv, connected, lower, upper, min_frames)
+    for cell in np.unique(markov_states(np.atleast_2d(cv)[held], lower, upper, SUPPORT_BINS)).tolist():
+        kept[cell] = round_index
+    return kept
+
+
 def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray, lower, upper,
-                     min_frames: int) -> np.ndarray:
+                     min_frames: int, remembered=()) -> np.ndarray:
     """The weights the CG model and the bias learn from: the unbiased ones, except that frames
     outside TRAM's connected set (a basin crossed into or out of one way only) are scaled so that
     their deepest cell is as deep as the deepest connected one.
@@ -126,13 +145,14 @@ def levelled_weights(cv: np.ndarray, weights: np.ndarray, connected: np.ndarray,
     connects the two and gives TRAM the true depth; the final FES always uses the unbiased
     weights. Only the ``held_outside`` frames set the level and are levelled. The other outside
     frames keep their weight: levelled by the basin's factor (~1e4 on alanine) they would be deep
-    wells to the CG model, and its bias would wall off the saddle the walkers return over."""
+    wells to the CG model, and its bias would wall off the saddle the walkers return over.
+    Frames in the ``remembered`` cells (``remembered_cells``) count as outside, connected or not."""
     from cgflow.analysis.tram import markov_states
 
-    connected = np.asarray(connected, dtype=bool)
+    cell = markov_states(cv, lower, upper, SUPPORT_BINS)
+    connected = np.asarray(connected, dtype=bool) & ~np.isin(cell, np.fromiter(remembered, dtype=np.int64))
     if connected.all() or not connected.any():
         return weights
-    cell = markov_states(cv, lower, upper, SUPPORT_BINS)
     n_cvs = np.atleast_2d(cv).shape[1]
     levelled = _held(cell, ~connected, n_cvs, min_frames)
     n_cells = SUPPORT_BINS ** n_cvs

@@ -294,6 +294,29 @@ def test_rounds_curve_takes_the_round_ends_from_the_reweight_rule(short_campaign
         curve_rounds(c, samples, _exact(c), weights[::-1])
 
 
+def test_reweight_remembers_the_levelled_cells_of_the_round_before(short_campaign, tmp_path):
+    """Round k's weights.parquet carries the cells the guidance levels (held outside TRAM's set
+    now, or within guidance.level_memory rounds, as the previous round's file says), and refuses a
+    previous file of another config."""
+    from cgflow.analysis.reweight import write_weights
+    from cgflow.io import InputError, write_parquet
+
+    c, root, samples, _ = short_campaign
+    biases = [None, root / "round-00" / "bias.npz"]
+    for memory, kept in [(1, {"7": 0}), (0, {})]:
+        cm = _campaign({"walkers": 32, "steps": 10000, "equilibration": 500},
+                       {"rounds": 1, "estimator": "mbar", "level_memory": memory})
+        w0, w1 = tmp_path / f"w0-{memory}.parquet", tmp_path / f"w1-{memory}.parquet"
+        write_weights(cm, samples[:1], [None], w0)
+        assert read_provenance(w0)["levelled_cells"] == {}  # MBAR: every frame connected, nothing held
+        # as if round 0 had held a basin outside TRAM's set in cell 7
+        write_parquet(pd.read_parquet(w0), w0, {**read_provenance(w0), "levelled_cells": {"7": 0}})
+        write_weights(cm, samples, biases, w1, previous=w0)
+        assert read_provenance(w1)["levelled_cells"] == kept
+    with pytest.raises(InputError, match="another campaign"):  # c: level_memory 0, the file's: 1
+        write_weights(c, samples, biases, tmp_path / "w1.parquet", previous=tmp_path / "w0-1.parquet")
+
+
 def test_write_convergence_compares_all_methods(short_campaign, tmp_path):
     from cgflow.analysis.campaign import write_reference
 

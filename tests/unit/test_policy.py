@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cgflow.guidance.policy import (SUPPORT_BINS, Basis, data_free_energy_range, data_support, fill, fit_policy,
-                                    held_outside, levelled_weights, trust)
+                                    held_outside, levelled_weights, remembered_cells, trust)
 from cgflow.guidance.seeding import cell_quotas, choose_starts, frontier_scores
 
 KT = 2.494
@@ -121,6 +121,51 @@ def test_levelling_leaves_the_frames_of_briefly_visited_cells_at_their_weight():
     with np.errstate(divide="ignore"):
         F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=level)[0])
     assert F[edges[:-1] >= 0].min() / KT == pytest.approx(F[edges[1:] <= 0].min() / KT, abs=0.01)
+
+
+def test_levelling_keeps_a_remembered_basin_level_once_tram_connects_it():
+    """A basin TRAM has just connected (x > 0: every frame inside its set, after a few re-crossings
+    at the saddle) while it still weighs it 1000-fold too light. As it is, the basin keeps that
+    weight; with its cells remembered (guidance.level_memory) it is levelled as if still outside:
+    its deepest cell as deep as the other well's deepest, its shape kept."""
+    grid = np.linspace(-2, 2, 4001)
+    p = np.exp(-free_energy(grid) / KT)
+    rng = np.random.default_rng(4)
+    cv = rng.choice(grid, size=200000, p=p / p.sum())[:, None]
+    basin = cv[:, 0] >= 0  # the remembered cells' frames
+    weights = np.where(basin, 1e-3, 1.0)
+    weights /= weights.sum()
+    connected = np.ones(len(cv), bool)
+    assert levelled_weights(cv, weights, connected, (-2.0,), (2.0,), 10) is weights
+    edges = np.linspace(-2, 2, SUPPORT_BINS + 1)
+    remembered = np.flatnonzero(edges[:-1] >= 0).tolist()
+    level = levelled_weights(cv, weights, connected, (-2.0,), (2.0,), 10, remembered=remembered)
+    with np.errstate(divide="ignore"):
+        F = -KT * np.log(np.histogram(cv[:, 0], edges, weights=level)[0])
+    right, left = edges[:-1] >= 0, edges[1:] <= 0
+    assert F[right].min() / KT == pytest.approx(F[left].min() / KT, abs=1e-9)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    cells = right & (free_energy(centres) - free_energy(centres).min() < 5 * KT)
+    exact = -KT * np.log(np.histogram(grid, edges, weights=p)[0])
+    assert np.ptp((F - exact)[cells]) / KT < 0.1
+
+
+def test_remembered_cells_keep_a_held_cell_for_level_memory_rounds():
+    """A cell held outside TRAM's set at round 3 (12 frames, min_frames 10) is remembered through
+    round 3 + level_memory, connected or not, and dropped after; held again, its round moves on.
+    With level_memory 0 only the round's own held cells are levelled. The 40 connected frames
+    and a cell of 9 outside frames are never held."""
+    cells, frames = np.array([5, 20, 26]), [40, 12, 9]
+    cv = np.repeat(-2 + (cells + 0.5) * 4 / SUPPORT_BINS, frames)[:, None]
+    connected = np.arange(len(cv)) < 40
+    remember = lambda inside, k, memory, earlier: remembered_cells(cv, inside, (-2.0,), (2.0,), 10, k, memory, earlier)  # noqa: E731
+    held = remember(connected, 3, 2, {})
+    assert held == {20: 3}
+    joined = np.ones(len(cv), bool)
+    assert remember(joined, 4, 2, held) == remember(joined, 5, 2, held) == {20: 3}
+    assert remember(joined, 6, 2, held) == {}
+    assert remember(joined, 4, 0, held) == {}
+    assert remember(connected, 5, 2, held) == {20: 5}
 
 
 def test_held_outside_is_the_outside_frames_of_cells_with_min_frames_of_them():

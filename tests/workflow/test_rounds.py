@@ -52,6 +52,22 @@ def test_every_round_is_in_the_dag_up_front(campaign_run):
     assert jobs["peer_unbiased"] == 1 and jobs["convergence"] == 1
 
 
+def test_reweight_reads_the_round_before_under_level_memory(tmp_path, cli_env):
+    """With guidance.level_memory, round k's reweight job takes round k-1's weights (which cells
+    it levelled) as an input; without it, no reweight job depends on another."""
+    for memory in (0, 2):
+        config = tmp_path / f"memory-{memory}.yaml"
+        config.write_text(yaml.safe_dump({**ROUNDS, "guidance": {**ROUNDS["guidance"], "level_memory": memory}}))
+        dry = snakemake("-n", "-p", "--configfile", config, "-d", tmp_path / str(memory), env=cli_env)
+        assert dry.returncode == 0, dry.stderr
+        commands = [line for line in dry.stdout.splitlines() if "cgflow reweight" in line]
+        assert len(commands) == 4
+        for command in commands:
+            k = int(re.search(r"round-(\d\d)/weights.parquet >", command).group(1))
+            previous = f"--previous-weights results/rounds/round-{k - 1:02d}/weights.parquet"
+            assert (previous in command) == (memory > 0 and k > 0), command
+
+
 def test_rounds_recover_the_exact_pmf_and_unbiased_md_does_not(campaign_run):
     where, _, _ = campaign_run
     results = where / "results" / "rounds"

@@ -70,6 +70,16 @@ def round_inputs(wildcards):
     }
 
 
+def previous_weights(wildcards):
+    """Round k-1's weights, whose levelled cells round k's remembers (guidance.level_memory)."""
+    k = int(wildcards.round)
+    return {"previous": f"{round_dir(k - 1)}/weights.parquet"} if k > 0 and CAMPAIGN.guidance.level_memory else {}
+
+
+def previous_arg(wildcards, input):
+    return f"--previous-weights {input.previous}" if "previous" in input.keys() else ""
+
+
 def bias_args(wildcards):
     k = int(wildcards.round)
     return " ".join(applied_bias(j) or "none" for j in range(k + 1))

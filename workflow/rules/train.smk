@@ -4,12 +4,14 @@
 rule reweight:
     input:
         unpack(round_inputs),
+        unpack(previous_weights),
         config=ancient(CONFIG_FILE),
     output:
         f"{RESULTS}/round-{{round}}/weights.parquet",
     params:
         config_hash=round_hash,
         biases=bias_args,
+        previous=previous_arg,
     wildcard_constraints:
         round=r"\d\d",
     resources:
@@ -23,7 +25,7 @@ rule reweight:
         "Frame weights of rounds 0..{wildcards.round} ({CAMPAIGN.guidance.estimator})"
     shell:
         "cgflow reweight --config {input.config} --samples {input.samples} --biases {params.biases} "
-        "--out {output} > {log} 2>&1"
+        "{params.previous} --out {output} > {log} 2>&1"
 
 
 rule train:
