@@ -37,7 +37,10 @@ def learning_frames(campaign, sample_paths: list[Path], weights_path: Path):
     df = attach_weights(campaign, read_samples(campaign, sample_paths)[0], weights_path)
     if "connected" in df:
         lower, upper, _ = cv_domain(campaign)
-        cells = [int(c) for c in read_provenance_of(weights_path, "weights.parquet").get("levelled_cells", {})]
+        # cells held outside in this round are levelled by their outside frames, as without memory
+        this_round = int(df["round"].max())
+        cells = [int(c) for c, last in read_provenance_of(weights_path, "weights.parquet").get("levelled_cells", {}).items()
+                 if last < this_round]
         df["weight"] = levelled_weights(df[list(campaign.system.cv_names)].to_numpy(), df["weight"].to_numpy(),
                                         df["connected"].to_numpy(), lower, upper, campaign.guidance.min_frames,
                                         remembered=cells)

@@ -21,6 +21,7 @@ from cgflow.analysis.fes import FES, compare_to_reference, histogram_fes
 from cgflow.analysis.reweight import mbar_weights
 from cgflow.config import load_config
 from cgflow.guidance.bias import BiasGrid
+from cgflow.guidance.policy import SUPPORT_BINS
 from cgflow.io import read_provenance
 from cgflow.sampling.metadynamics import MetadSettings, cli_peer, read_snapshots, run_metadynamics
 from cgflow.sampling.round import run
@@ -315,6 +316,37 @@ def test_reweight_remembers_the_levelled_cells_of_the_round_before(short_campaig
         assert read_provenance(w1)["levelled_cells"] == kept
     with pytest.raises(InputError, match="another campaign"):  # c: level_memory 0, the file's: 1
         write_weights(c, samples, biases, tmp_path / "w1.parquet", previous=tmp_path / "w0-1.parquet")
+
+
+def test_guidance_levels_the_cells_remembered_from_earlier_rounds(short_campaign, tmp_path):
+    """The CG model and the bias learn from weights that level the cells a weights file remembers
+    from earlier rounds (here the barrier top, cell 16 of 32, lifted to the deepest cell's mass),
+    while a cell held in the file's own round is levelled by its outside frames alone: with every
+    frame connected (MBAR), none."""
+    from cgflow.analysis.reweight import attach_weights, write_weights
+    from cgflow.analysis.tram import markov_states
+    from cgflow.guidance.campaign import learning_frames
+    from cgflow.io import write_parquet
+
+    _, root, samples, _ = short_campaign
+    cm = _campaign({"walkers": 32, "steps": 10000, "equilibration": 500},
+                   {"rounds": 1, "estimator": "mbar", "level_memory": 2})
+    w1 = tmp_path / "w1.parquet"
+    write_weights(cm, samples, [None, root / "round-00" / "bias.npz"], w1)
+    plain = attach_weights(cm, learning_frames(cm, samples, w1).drop(columns=["weight", "connected"]), w1)
+    cell = markov_states(plain[["x"]].to_numpy(), (-2.0,), (2.0,), SUPPORT_BINS)
+    top = cell == 16
+    assert top.sum() >= cm.guidance.min_frames
+    for last, lifted in [(0, True), (1, False)]:
+        write_parquet(pd.read_parquet(w1), w1, {**read_provenance(w1), "levelled_cells": {"16": last}})
+        ratio = learning_frames(cm, samples, w1)["weight"].to_numpy() / plain["weight"].to_numpy()
+        assert np.allclose(ratio[~top], ratio[~top][0])
+        if lifted:
+            mass = np.bincount(cell, weights=ratio * plain["weight"].to_numpy(), minlength=SUPPORT_BINS)
+            assert mass[16] == pytest.approx(mass[~np.isin(np.arange(SUPPORT_BINS), [16])].max())
+            assert ratio[top][0] / ratio[~top][0] > 10
+        else:
+            np.testing.assert_allclose(ratio, 1.0)
 
 
 def test_write_convergence_compares_all_methods(short_campaign, tmp_path):

@@ -77,6 +77,7 @@ def previous_weights(wildcards):
 
 
 def previous_arg(wildcards, input):
+    """The reweight job's option naming round k-1's weights, where it has them as input."""
     return f"--previous-weights {input.previous}" if "previous" in input.keys() else ""
 
 
