@@ -123,9 +123,9 @@ def remembered_cells(cv: np.ndarray, connected: np.ndarray, lower, upper, min_fr
     from cgflow.analysis.tram import markov_states
 
     kept = {cell: last for cell, last in earlier.items() if last >= round_index - memory} if memory else {}
-    held = held_outside(cv, connected, lower, upper, min_frames)
-    for cell in np.unique(markov_states(np.atleast_2d(cv)[held], lower, upper, SUPPORT_BINS)).tolist():
-        kept[cell] = round_index
+    cell = markov_states(cv, lower, upper, SUPPORT_BINS)
+    held = _held(cell, ~np.asarray(connected, dtype=bool), np.atleast_2d(cv).shape[1], min_frames)
+    kept.update(dict.fromkeys(np.unique(cell[held]).tolist(), round_index))
     return kept
 
 
