@@ -204,6 +204,17 @@ def test_an_initial_bias_or_reference_file_is_checked_for_its_cvs(tmp_path):
         load_config(cfg(analysis__reference=str(tmp_path / "fes.csv")))
 
 
+def test_a_reference_that_is_neither_a_method_nor_a_file_names_what_is_allowed(tmp_path):
+    from cgflow.config import REFERENCE_METHODS
+
+    with pytest.raises(ConfigError, match=r"^analysis.reference: 'nowhere.csv' is not allowed; allowed: exact \(toys\), ") as info:
+        load_config(cfg(analysis__reference="nowhere.csv"))
+    assert all(m in str(info.value) for m in REFERENCE_METHODS)
+    with pytest.raises(ConfigError, match=r"^analysis.reference: 'exact' needs a toy system; for alanine_dipeptide give "
+                                          r"none, metadynamics_long or a path"):
+        load_config(cfg(ALA, analysis__reference="exact"))
+
+
 def test_a_section_with_every_key_commented_out_takes_its_defaults():
     assert load_config({**TOY, "guidance": None}).resolved == load_config(TOY).resolved
 
