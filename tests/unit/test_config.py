@@ -275,6 +275,7 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
         bench_rounds.ideal_bias(config, reference, bias_path)
         oracle = load_config(bench_rounds.oracle_config(name, 3, bias_path))
         assert oracle.guidance.rounds == 0 and oracle.guidance.initial_bias == str(bias_path.resolve())
+        assert list(oracle.analysis.peers) == ["metadynamics"] and oracle.analysis.metadynamics == campaign.analysis.metadynamics
         np.testing.assert_array_equal(budget_schedule(oracle), budget_schedule(campaign))
 
         F = read_fes_csv(reference, list(campaign.system.cv_names)).F
@@ -291,6 +292,27 @@ def test_the_benchmark_oracle_flattens_the_reference_and_spends_the_same_budget(
         # the corners' averaging (alanine's periodic bins) smooths the bias a little: measured spread
         # 0.93 kJ/mol (0.37 kT) on alanine, 0 on the 2-D double well
         assert np.ptp(flat) < 0.5 * campaign.sampling.kT, (name, np.ptp(flat))
+
+
+def test_the_benchmark_table_counts_the_seeds_where_the_oracle_is_within_0_7x_metadynamics(bench_rounds):
+    """bench-rounds' last lines judge the target against what a bias known in advance gives, seed
+    by seed, beside metadynamics on the same seed (a metadynamics that never gets there counts as
+    beaten)."""
+    def method(first, stay, final=0.3):
+        return {"curve": [[100_000, 2.0], [200_000, final]], "steps_to_target": first, "steps_to_stay": stay}
+
+    conv = {"target_kT": 0.4, "wall_s": 1.0, "cgflow": method(200_000, 200_000), "unbiased": method(None, None, 2.0),
+            "metadynamics": method(100_000, 200_000),
+            "oracle": {1: {"oracle": method(100_000, 200_000), "metadynamics": method(200_000, 200_000)},
+                       2: {"oracle": method(100_000, None), "metadynamics": method(None, None, 0.5)},
+                       3: {"oracle": method(200_000, 200_000), "metadynamics": method(200_000, 200_000)}}}
+    lines = bench_rounds.table("alanine", conv)
+    assert "  cgflow/metadynamics =      2.000   (target <= 0.7; first hit)" in lines
+    assert any(line.startswith("    seed 1: oracle 100,000 / 200,000") and line.endswith(
+        "oracle/metadynamics 0.500 (first hit), 1.000 (staying below)") for line in lines)
+    assert any("oracle/metadynamics < 0.500 (first hit), n/a (the oracle did not reach the target) (staying below)"
+               in line for line in lines)
+    assert lines[-1] == "  oracle within 0.7x metadynamics on 2 of 3 seeds (first hit), 0 of 3 (staying below)"
 
 
 def test_the_benchmark_long_unbiased_run_is_plain_md_for_ten_times_the_budget(bench_rounds):
