@@ -16,11 +16,12 @@ whether its FG steps went there at all. And an oracle (``run_oracle``): the same
 budget under the reference's own well-tempered bias from the first FG step, with the metadynamics
 peer beside it, seed by seed: what the guidance costs against a bias known in advance, and on
 how many seeds this estimator, these walkers and frames can meet 0.7x metadynamics at all.
-Where unbiased MD misses the target within the budget, plain MD from the same start runs for 10x the budget (``run_unbiased``): cgflow/unbiased <= 0.1
-asks whether unbiased MD needs 10x cgflow's steps, a horizon beyond the shared budget. For the
-toys, the most a bias on the CV can do (``exit_bound``): how many times unbiased MD's crossings
-out of the deepest basin it can give at best, from the potential alone; ``--exit-bound 300 150``
-prints only that, at the given temperatures, in seconds.
+Where unbiased MD misses the target within the budget, plain MD from the same start runs for
+10x the budget (``run_unbiased``): cgflow/unbiased <= 0.1 asks whether unbiased MD needs 10x
+cgflow's steps, a horizon beyond the shared budget. For the toys, the most a bias on the CV
+can do (``exit_bound``): how many times unbiased MD's crossings out of the deepest basin it can
+give at best, from the potential alone; ``--exit-bound 300 150`` prints only that, at the given
+temperatures, in seconds.
 
     python tests/benchmarks/bench_rounds.py [--systems mb alanine] [--keep DIR] [--json PATH] [--oracle-seeds 1 2]
                                             [--unbiased-factor 10] [--exit-bound KELVIN ...]
@@ -314,11 +315,11 @@ def table(name: str, conv: dict) -> list[str]:
             o, m = pair["oracle"], pair["metadynamics"]
             ratios = []
             for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
-                ratios.append(f"{ratio_text(o.get(key), m.get(key), budget, 'the oracle')} ({what})")
+                ratios.append(f"{what} {ratio_text(o.get(key), m.get(key), budget, 'the oracle')}")
                 within[key] += o.get(key) is not None and (m.get(key) is None or o[key] <= 0.7 * m[key])
             lines.append(f"    seed {seed}: oracle {show(o['steps_to_target'])} / {show(o.get('steps_to_stay'))}, "
                          f"final {o['curve'][-1][1]:.3f} kT; metadynamics {show(m['steps_to_target'])} / "
-                         f"{show(m.get('steps_to_stay'))}, final {m['curve'][-1][1]:.3f} kT; oracle/metadynamics "
+                         f"{show(m.get('steps_to_stay'))}, final {m['curve'][-1][1]:.3f} kT; oracle/metadynamics: "
                          + ", ".join(ratios))
         lines.append(f"  oracle within 0.7x metadynamics on {within['steps_to_target']} of {len(oracle)} seeds (first "
                      f"hit), {within['steps_to_stay']} of {len(oracle)} (staying below)")

@@ -309,9 +309,9 @@ def test_the_benchmark_table_counts_the_seeds_where_the_oracle_is_within_0_7x_me
     lines = bench_rounds.table("alanine", conv)
     assert "  cgflow/metadynamics =      2.000   (target <= 0.7; first hit)" in lines
     assert any(line.startswith("    seed 1: oracle 100,000 / 200,000") and line.endswith(
-        "oracle/metadynamics 0.500 (first hit), 1.000 (staying below)") for line in lines)
-    assert any("oracle/metadynamics < 0.500 (first hit), n/a (the oracle did not reach the target) (staying below)"
-               in line for line in lines)
+        "oracle/metadynamics: first hit 0.500, staying below 1.000") for line in lines)
+    assert any(line.endswith("oracle/metadynamics: first hit < 0.500, staying below n/a (the oracle did not reach the "
+                             "target)") for line in lines)
     assert lines[-1] == "  oracle within 0.7x metadynamics on 2 of 3 seeds (first hit), 0 of 3 (staying below)"
 
 
