@@ -700,13 +700,14 @@ def resolve(raw: dict, base_dir: Path | None = None) -> dict:
     if isinstance(bins, list) and len(bins) != n_cvs:
         raise ConfigError(f"analysis.bins: {bins} has {len(bins)} entries for {n_cvs} CV(s); give one number or one per CV")
     ref = config["analysis"].setdefault("reference", "exact" if s["type"] == "toy" else "none")
+    methods = ", ".join(m for m in REFERENCE_METHODS if m != "exact" or s["type"] == "toy")
     if ref == "exact" and s["type"] != "toy":
-        raise ConfigError(f"analysis.reference: 'exact' needs a toy system; for {s['type']} give {', '.join(m for m in REFERENCE_METHODS if m != 'exact')} or a path to a reference fes.csv")
+        raise ConfigError(f"analysis.reference: 'exact' needs a toy system; for {s['type']} give {methods} "
+                          "or the path of a reference fes.csv")
     if ref not in REFERENCE_METHODS:
         path = Path(ref) if base_dir is None or Path(ref).is_absolute() else base_dir / ref
         if not path.is_file():
-            methods = ", ".join(f"{m} (toys)" if m == "exact" else m for m in REFERENCE_METHODS)
-            raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed: {methods}, "
+            raise ConfigError(f"analysis.reference: {ref!r} is not allowed; allowed for {s['type']}: {methods}, "
                               f"or the path of an existing fes.csv file (no file at {str(path.absolute())!r})")
         _check_reference_file(path, [name for name, _ in _cv_items(s["cv"])])
     if ref == "none" and config["analysis"]["peers"]:

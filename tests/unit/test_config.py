@@ -122,9 +122,9 @@ BAD = {
     "bins list entry too few": (cfg(analysis__bins=[1]), "analysis.bins.0", "1 is not allowed", ">= 2"),
     "bins of the wrong type": (cfg(analysis__bins="many"), "analysis.bins", "'many' is not allowed", "one number, or one per CV"),
     "reference exact for alanine": (cfg(ALA, analysis__reference="exact"), "analysis.reference", "'exact' needs a toy",
-                                    "give none, metadynamics_long or a path"),
+                                    "give none, metadynamics_long or the path"),
     "reference path that does not exist": (cfg(analysis__reference="no/such/fes.csv"), "analysis.reference",
-                                           "'no/such/fes.csv' is not allowed", "exact (toys), none, metadynamics_long, or the path"),
+                                           "'no/such/fes.csv' is not allowed", "allowed for toy: exact, none, metadynamics_long, or the path"),
     "report_interval > steps": (cfg(sampling__steps=100, sampling__report_interval=500), "sampling.report_interval",
                                 "500 is not allowed", "<= sampling.steps (100)"),
     "bad platform": (cfg(sampling__platform="GPU"), "sampling.platform", "'GPU' is not allowed",
@@ -207,11 +207,15 @@ def test_an_initial_bias_or_reference_file_is_checked_for_its_cvs(tmp_path):
 def test_a_reference_that_is_neither_a_method_nor_a_file_names_what_is_allowed(tmp_path):
     from cgflow.config import REFERENCE_METHODS
 
-    with pytest.raises(ConfigError, match=r"^analysis.reference: 'nowhere.csv' is not allowed; allowed: exact \(toys\), ") as info:
+    with pytest.raises(ConfigError, match=r"^analysis.reference: 'nowhere.csv' is not allowed; allowed for toy: exact, ") as info:
         load_config(cfg(analysis__reference="nowhere.csv"))
     assert all(m in str(info.value) for m in REFERENCE_METHODS)
-    with pytest.raises(ConfigError, match=r"^analysis.reference: 'exact' needs a toy system; for alanine_dipeptide give "
-                                          r"none, metadynamics_long or a path"):
+    molecule_methods = ", ".join(m for m in REFERENCE_METHODS if m != "exact")
+    with pytest.raises(ConfigError, match=rf"^analysis.reference: 'nowhere.csv' is not allowed; allowed for "
+                                          rf"alanine_dipeptide: {molecule_methods}, or the path"):
+        load_config(cfg(ALA, analysis__reference="nowhere.csv"))
+    with pytest.raises(ConfigError, match=rf"^analysis.reference: 'exact' needs a toy system; for alanine_dipeptide give "
+                                          rf"{molecule_methods} or the path"):
         load_config(cfg(ALA, analysis__reference="exact"))
 
 
