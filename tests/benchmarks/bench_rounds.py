@@ -42,6 +42,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 GOALS = {"unbiased": 0.1, "metadynamics": 0.7}  # the targets: most FG steps cgflow may take per peer step
+MEASURES = {"steps_to_target": "first hit", "steps_to_stay": "staying below"}  # convergence keys, as the table names them
 
 SYSTEMS = {
     # What each config was measured against, and what else was tried: HISTORY.md beside this file.
@@ -296,7 +297,7 @@ def table(name: str, conv: dict) -> list[str]:
         lines.append(f"  unbiased MD for {long['factor']}x the budget ({long_budget:,} FG steps, one run): steps to target "
                      f"{show(long['steps_to_target'], long_budget)}, below it from "
                      f"{show(long.get('steps_to_stay'), long_budget)} on, final RMSE {long['curve'][-1][1]:.3f} kT")
-    for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
+    for key, what in MEASURES.items():
         for peer, goal in GOALS.items():
             theirs_conv, horizon, source = conv[peer], budget, ""
             if peer == "unbiased" and long and conv[peer].get(key) is None:
@@ -311,11 +312,11 @@ def table(name: str, conv: dict) -> list[str]:
         # metadynamics is within reach of any guidance with these walkers, frames and estimator
         lines.append("  oracle (the reference's well-tempered bias from the first FG step, one round) and metadynamics "
                      "beside it, by seed (first hit / below from):")
-        within = {key: 0 for key in ("steps_to_target", "steps_to_stay")}
+        within = dict.fromkeys(MEASURES, 0)
         for seed, pair in oracle.items():
             o, m = pair["oracle"], pair["metadynamics"]
             ratios = []
-            for key, what in (("steps_to_target", "first hit"), ("steps_to_stay", "staying below")):
+            for key, what in MEASURES.items():
                 ratios.append(f"{what} {ratio_text(o.get(key), m.get(key), budget, 'the oracle')}")
                 within[key] += o.get(key) is not None and (m.get(key) is None or o[key] <= GOALS["metadynamics"] * m[key])
             lines.append(f"    seed {seed}: oracle {show(o['steps_to_target'])} / {show(o.get('steps_to_stay'))}, "
